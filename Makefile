@@ -10,7 +10,7 @@
 CC       ?= cc
 CFLAGS   ?= -O3 -march=native -g
 WARN     := -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation
-BASEFLAGS := -std=c11 -D_GNU_SOURCE -fopenmp -Iinclude -Icsrc $(WARN)
+BASEFLAGS := -std=c11 -D_GNU_SOURCE -fopenmp -Iinclude -Icsrc -Itests $(WARN)
 LDLIBS   := -fopenmp -lm -lpthread
 CUDA_ARCH ?= sm_90
 NVCCFLAGS ?= -O3 -lineinfo
@@ -35,8 +35,8 @@ endif
 HOST_SRC    := $(filter-out csrc/main.c,$(wildcard csrc/*.c csrc/cpu/*.c))
 CUDAHOST_SRC:= $(wildcard csrc/cuda/*.c)
 KERNEL_SRC  := $(wildcard kernels/*.cu)
-TEST_SRC    := $(wildcard tests/test_*.c)
-GPUTEST_SRC := $(wildcard tests/gpu/test_*.c)
+TEST_SRC    := $(wildcard tests/test_*.c tests/support/*.c)
+GPUTEST_SRC := $(wildcard tests/gpu/test_*.c tests/support/*.c)
 
 ifeq ($(WITH_CUDA),1)
   FLAVOR   := cuda

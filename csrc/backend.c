@@ -1,0 +1,54 @@
+#include "backend.h"
+
+#include <stdlib.h>
+
+#ifdef GPSDREC_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+int backend_cuda_compiled(void)
+{
+#ifdef GPSDREC_WITH_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int backend_cuda_available(void)
+{
+#ifdef GPSDREC_WITH_CUDA
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no device" error */
+        return 0;
+    }
+    return n > 0;
+#else
+    return 0;
+#endif
+}
+
+backend *backend_create(int device, const model_layout *layout, const backend_opts *opts, gp_err *e)
+{
+    if (device == DEVICE_CUDA && !backend_cuda_compiled())
+        return gp_fail(e, "device = cuda, but this gpsdrec was built without the CUDA backend (nvcc was not found "
+                          "at build time)"),
+               NULL;
+    if (device == DEVICE_CUDA && !backend_cuda_available())
+        return gp_fail(e, "device = cuda, but no CUDA GPU is visible (cudaGetDeviceCount found none)"), NULL;
+#if defined(GPSDREC_WITH_CUDA) && defined(GPSDREC_CUDA_BACKEND)
+    if (device == DEVICE_CUDA || (device == DEVICE_AUTO && backend_cuda_available()))
+        return backend_cuda_create(layout, opts, e);
+#else
+    if (device == DEVICE_CUDA)
+        return gp_fail(e, "device = cuda: the CUDA backend is not part of this build yet"), NULL;
+#endif
+    return backend_cpu_create(layout, opts, e);
+}
+
+void backend_destroy(backend *b)
+{
+    if (b && b->destroy)
+        b->destroy(b);
+}

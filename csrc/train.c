@@ -1,0 +1,418 @@
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "batch.h"
+#include "checkpoint.h"
+#include "dataset.h"
+#include "metrics.h"
+#include "model.h"
+#include "rng.h"
+
+double train_lr_at(const gp_settings *s, int64_t step, int64_t total)
+{
+    double peak = s->lr, floor_lr = s->min_lr;
+    if (s->warmup_steps > 0 && step < s->warmup_steps)
+        return peak * (double)(step + 1) / (double)s->warmup_steps;
+    int64_t span = total - s->warmup_steps;
+    if (span <= 0)
+        return floor_lr;
+    int64_t cur = GP_MIN(step + 1 - s->warmup_steps, total);
+    return floor_lr + (peak - floor_lr) * (1.0 + cos(M_PI * (double)cur / (double)span)) / 2.0;
+}
+
+/* The run's state that the helpers below share. */
+typedef struct {
+    const gp_settings *s;
+    dataset ds;
+    model_layout layout;
+    backend *be;
+    FILE *log;
+    int tty;
+    const ds_record *train_recs, *eval_recs;
+    int64_t n_train, n_eval;
+    int eval_split;
+} run_ctx;
+
+static void json_num(FILE *f, const char *key, double v)
+{
+    if (isfinite(v))
+        fprintf(f, ",\"%s\":%.9g", key, v);
+    else
+        fprintf(f, ",\"%s\":null", key);
+}
+
+static int do_eval(run_ctx *r, const ds_record *recs, int64_t n, const char *split_name, int64_t step, int epoch,
+                   eval_result *out, gp_err *e)
+{
+    const gp_settings *s = r->s;
+    if (s->eval_max_samples > 0 && n > s->eval_max_samples)
+        n = s->eval_max_samples;
+    if (n == 0)
+        return 0;
+    int bs = (int)s->eval_batch_size;
+    int rc;
+    if (s->stage == STAGE_FINETUNE)
+        rc = evaluate_ctr(r->be, &r->ds, recs, n, bs, (int)s->max_history, out, NULL, e);
+    else
+        rc = evaluate_next_item(r->be, &r->ds, recs, n, bs, (int)s->max_history, out, e);
+    if (rc != 0)
+        return -1;
+    if (r->tty)
+        fprintf(stderr, "\r\033[K");
+    if (s->stage == STAGE_FINETUNE)
+        printf("[%s] eval %-5s step %lld epoch %d: auc %.4f  gauc %.4f  logloss %.4f  (%lld samples, %.1fs)\n",
+               settings_stage_name(s->stage), split_name, (long long)step, epoch, out->auc, out->gauc, out->logloss,
+               (long long)out->n, out->seconds);
+    else
+        printf("[%s] eval %-5s step %lld epoch %d: next-item hr@10 %.4f  ndcg@10 %.4f  hr@50 %.4f  mrr %.4f  (%lld "
+               "users, %.1fs)\n",
+               settings_stage_name(s->stage), split_name, (long long)step, epoch, out->hr[1], out->ndcg[1], out->hr[2],
+               out->mrr, (long long)out->n, out->seconds);
+    fflush(stdout);
+    fprintf(r->log, "{\"event\":\"eval\",\"split\":\"%s\",\"step\":%lld,\"epoch\":%d,\"n\":%lld", split_name,
+            (long long)step, epoch, (long long)out->n);
+    if (s->stage == STAGE_FINETUNE) {
+        json_num(r->log, "auc", out->auc);
+        json_num(r->log, "gauc", out->gauc);
+        json_num(r->log, "logloss", out->logloss);
+    } else {
+        char key[32];
+        for (int k = 0; k < EVAL_N_KS; k++) {
+            snprintf(key, sizeof key, "hr@%d", EVAL_KS[k]);
+            json_num(r->log, key, out->hr[k]);
+            snprintf(key, sizeof key, "ndcg@%d", EVAL_KS[k]);
+            json_num(r->log, key, out->ndcg[k]);
+        }
+        json_num(r->log, "mrr", out->mrr);
+    }
+    json_num(r->log, "seconds", out->seconds);
+    fprintf(r->log, "}\n");
+    fflush(r->log);
+    return 0;
+}
+
+static void shuffle_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
+                          int shuffle)
+{
+    for (int64_t i = 0; i < n; i++)
+        order[i] = &recs[i];
+    if (!shuffle)
+        return;
+    gp_rng g = gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, (uint64_t)epoch, 0);
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)gp_rng_below64(&g, (uint64_t)i + 1);
+        const ds_record *t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}
+
+static double ceiling_from_description(const dataset *ds)
+{
+    const char *p = strstr(ds->hdr->description, "ceiling_auc=");
+    double v;
+    if (!p)
+        return NAN;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.*s", (int)strcspn(p + 12, " ;,"), p + 12);
+    return gp_parse_f64(buf, &v) == 0 ? v : NAN;
+}
+
+static void fmt_duration(double s, char *buf, size_t n)
+{
+    if (s < 0 || !isfinite(s))
+        snprintf(buf, n, "?");
+    else if (s < 60)
+        snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
+}
+
+static int init_parameters(run_ctx *r, float **sparse_out, float **dense_out, gp_err *e)
+{
+    const gp_settings *s = r->s;
+    const model_layout *l = &r->layout;
+    float *sparse = gp_alloc_or_fail((size_t)l->sparse_numel * sizeof(float), "initial item embeddings", e);
+    float *dense = gp_alloc_or_fail((size_t)l->dense_numel * sizeof(float), "initial dense parameters", e);
+    if (!sparse || !dense) {
+        gp_free_aligned(sparse);
+        gp_free_aligned(dense);
+        return -1;
+    }
+    model_init_params(l, sparse, dense, (uint64_t)s->seed);
+    if (s->transfer != TRANSFER_NONE) {
+        int loaded = 0;
+        char missing[1024];
+        if (checkpoint_load_params(s->init_from, l, sparse, dense, s->transfer, &loaded, missing, sizeof missing, e) !=
+            0) {
+            gp_free_aligned(sparse);
+            gp_free_aligned(dense);
+            return gp_wrap(e, "init_from");
+        }
+        printf("[%s] initialised %d tensor(s) from %s (transfer = %s)%s%s\n", settings_stage_name(s->stage), loaded,
+               s->init_from, s->transfer == TRANSFER_FULL ? "full" : "sparse", missing[0] ? "; kept fresh: " : "",
+               missing);
+    }
+    *sparse_out = sparse;
+    *dense_out = dense;
+    return 0;
+}
+
+int train_run(const gp_settings *s, const cfg_assignment **origin, train_result *res, gp_err *e)
+{
+    memset(res, 0, sizeof *res);
+    run_ctx r;
+    memset(&r, 0, sizeof r);
+    r.s = s;
+    r.tty = isatty(STDERR_FILENO);
+    int rc = -1;
+    float *sparse = NULL, *dense = NULL, *probs = NULL;
+    const ds_record **order = NULL;
+    batch x;
+    memset(&x, 0, sizeof x);
+    char *path = NULL;
+
+    if (!s->data[0])
+        return gp_fail(e, "no dataset: set data = <file> (make one with gpsdrec synth or gpsdrec prep)");
+    ds_open_opts oo = ds_default_open_opts();
+    if (dataset_open(&r.ds, s->data, &oo, e) != 0)
+        return -1;
+    res->ceiling_auc = ceiling_from_description(&r.ds);
+    int train_split = s->stage == STAGE_PRETRAIN ? DS_SPLIT_PRETRAIN : DS_SPLIT_TRAIN;
+    r.eval_split = s->eval_split == EVAL_SPLIT_VALID ? DS_SPLIT_VALID : DS_SPLIT_TEST;
+    r.train_recs = r.ds.split_begin[train_split];
+    r.n_train = (int64_t)r.ds.split_count[train_split];
+    r.eval_recs = r.ds.split_begin[r.eval_split];
+    r.n_eval = (int64_t)r.ds.split_count[r.eval_split];
+    const int64_t per_step = s->batch_size * s->grad_accum;
+    const int64_t steps_per_epoch = r.n_train / per_step;
+    if (steps_per_epoch == 0) {
+        gp_fail(e, "%s has %lld %s records, fewer than one step of batch_size x grad_accum = %lld", s->data,
+                (long long)r.n_train, ds_split_name(train_split), (long long)per_step);
+        goto done;
+    }
+    int64_t total = steps_per_epoch * s->epochs;
+    if (s->max_steps > 0 && s->max_steps < total)
+        total = s->max_steps;
+
+    model_config mc;
+    if (model_config_from_settings(&mc, s, (int64_t)r.ds.hdr->n_items, (int64_t)r.ds.hdr->n_cates, e) != 0 ||
+        model_layout_build(&r.layout, &mc, e) != 0)
+        goto done;
+    int max_batch = (int)GP_MAX(s->batch_size, s->eval_batch_size);
+    backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads};
+    r.be = backend_create(s->device, &r.layout, &bo, e);
+    if (!r.be)
+        goto done;
+    if (init_parameters(&r, &sparse, &dense, e) != 0 || r.be->set_params(r.be, sparse, dense, e) != 0)
+        goto done;
+
+    if (gp_mkdirs(s->out_dir, e) != 0)
+        goto done;
+    path = gp_path_join(s->out_dir, "settings.conf");
+    if (settings_save(s, origin, path, e) != 0)
+        goto done;
+    free(path);
+    path = gp_path_join(s->out_dir, "log.jsonl");
+    r.log = fopen(path, "w");
+    if (!r.log) {
+        gp_fail(e, "%s: cannot create the log file", path);
+        goto done;
+    }
+    free(path);
+    path = NULL;
+
+    char buf[64];
+    printf("[%s] data %s: %lld %s records, %lld %s records; %lld items, %lld categories\n", settings_stage_name(s->stage),
+           s->data, (long long)r.n_train, ds_split_name(train_split), (long long)r.n_eval, ds_split_name(r.eval_split),
+           (long long)r.ds.hdr->n_items, (long long)r.ds.hdr->n_cates);
+    printf("[%s] model L%dH%dA%d (emb %d, ffn %d, history %d): %lld block params, %lld dense, %lld sparse; backend %s%s\n",
+           settings_stage_name(s->stage), mc.n_layers, mc.dim, mc.n_heads, mc.emb_dim, mc.ffn_hidden, mc.max_history,
+           (long long)model_block_params(&r.layout), (long long)model_dense_params(&r.layout),
+           (long long)r.layout.sparse_numel, r.be->name, s->freeze_sparse ? ", item table frozen" : "");
+    printf("[%s] %lld steps (%lld per epoch x %lld epochs%s), batch %lld x %lld accum, lr %g -> %g, warmup %lld\n",
+           settings_stage_name(s->stage), (long long)total, (long long)steps_per_epoch, (long long)s->epochs,
+           total < steps_per_epoch * s->epochs ? ", capped by max_steps" : "", (long long)s->batch_size,
+           (long long)s->grad_accum, s->lr, s->min_lr, (long long)s->warmup_steps);
+    fflush(stdout);
+
+    order = gp_xmalloc((size_t)r.n_train * sizeof *order);
+    batch_alloc(&x, (int)s->batch_size, (int)s->max_history, mc.w_item > 0 ? mc.n_negatives : 0);
+    probs = gp_xmalloc((size_t)s->batch_size * sizeof *probs);
+    /* Training AUC of the rank head over each log interval, as the official loop reports. */
+    float *int_prob = gp_xmalloc((size_t)(s->log_every * per_step) * sizeof *int_prob);
+    int32_t *int_label = gp_xmalloc((size_t)(s->log_every * per_step) * sizeof *int_label);
+    int64_t int_n = 0;
+
+    double t_start = gp_now(), t_interval = t_start;
+    int64_t step = 0, micro = 0, samples_interval = 0;
+    double acc_loss = 0, acc_item = 0, acc_cate = 0, acc_rank = 0, acc_norm = 0;
+    int acc_steps = 0;
+    int epoch = 0;
+    for (epoch = 0; step < total; epoch++) {
+        shuffle_order(order, r.train_recs, r.n_train, (uint64_t)s->seed, epoch, s->shuffle);
+        for (int64_t es = 0; es < steps_per_epoch && step < total; es++) {
+            step_losses sl_sum = {0};
+            for (int a = 0; a < s->grad_accum; a++) {
+                int64_t base = (es * s->grad_accum + a) * s->batch_size;
+                batch_fill(&x, &r.ds, order + base, (int)s->batch_size);
+                batch_sample_negatives(&x, (uint64_t)s->seed, (uint64_t)micro, (int64_t)r.ds.hdr->n_items);
+                step_losses sl;
+                if (r.be->forward_backward(r.be, &x, 1.0f / (float)s->grad_accum, &sl,
+                                           mc.w_rank > 0 ? probs : NULL, e) != 0) {
+                    gp_wrap(e, "step %lld", (long long)step + 1);
+                    goto done_loop;
+                }
+                micro++;
+                sl_sum.loss += sl.loss / s->grad_accum;
+                sl_sum.item_loss += sl.item_loss / s->grad_accum;
+                sl_sum.cate_loss += sl.cate_loss / s->grad_accum;
+                sl_sum.rank_loss += sl.rank_loss / s->grad_accum;
+                if (mc.w_rank > 0)
+                    for (int i = 0; i < x.B; i++) {
+                        int_prob[int_n] = probs[i];
+                        int_label[int_n++] = x.click[i];
+                    }
+            }
+            optim_hparams h = {.lr = train_lr_at(s, step, total), .beta1 = s->beta1, .beta2 = s->beta2,
+                               .eps = s->adam_eps, .weight_decay = s->weight_decay,
+                               .max_grad_norm = s->max_grad_norm, .step = step + 1};
+            double gnorm = 0;
+            if (r.be->optimizer_step(r.be, &h, &gnorm, e) != 0)
+                goto done_loop;
+            step++;
+            samples_interval += per_step;
+            acc_loss += sl_sum.loss;
+            acc_item += sl_sum.item_loss;
+            acc_cate += sl_sum.cate_loss;
+            acc_rank += sl_sum.rank_loss;
+            acc_norm += gnorm;
+            acc_steps++;
+            if (!isfinite(sl_sum.loss)) {
+                gp_fail(e, "loss is %g at step %lld: training diverged (lower lr?)", sl_sum.loss, (long long)step);
+                goto done_loop;
+            }
+            if (step % s->log_every == 0 || step == total) {
+                double now = gp_now(), sps = samples_interval / (now - t_interval);
+                double train_auc = int_n ? metrics_auc(int_prob, int_label, (size_t)int_n) : NAN;
+                fprintf(r.log, "{\"event\":\"train\",\"step\":%lld,\"epoch\":%d", (long long)step, epoch + 1);
+                json_num(r.log, "loss", acc_loss / acc_steps);
+                json_num(r.log, "item_loss", acc_item / acc_steps);
+                json_num(r.log, "cate_loss", acc_cate / acc_steps);
+                json_num(r.log, "rank_loss", acc_rank / acc_steps);
+                json_num(r.log, "train_auc", train_auc);
+                json_num(r.log, "lr", h.lr);
+                json_num(r.log, "grad_norm", acc_norm / acc_steps);
+                json_num(r.log, "samples_per_s", sps);
+                json_num(r.log, "elapsed_s", now - t_start);
+                fprintf(r.log, "}\n");
+                fflush(r.log);
+                if (r.tty) {
+                    char eta[32];
+                    fmt_duration((now - t_start) / step * (total - step), eta, sizeof eta);
+                    fprintf(stderr, "\r\033[K[%s] epoch %d/%lld step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f samples/s ETA %s",
+                            settings_stage_name(s->stage), epoch + 1, (long long)s->epochs, (long long)step,
+                            (long long)total, acc_loss / acc_steps, h.lr, acc_norm / acc_steps, sps, eta);
+                    fflush(stderr);
+                }
+                acc_loss = acc_item = acc_cate = acc_rank = acc_norm = 0;
+                acc_steps = 0;
+                samples_interval = 0;
+                int_n = 0;
+                t_interval = now;
+            }
+            int end_of_epoch = es + 1 == steps_per_epoch || step == total;
+            if ((s->eval_every > 0 && step % s->eval_every == 0) || end_of_epoch) {
+                if (do_eval(&r, r.eval_recs, r.n_eval, ds_split_name(r.eval_split), step, epoch + 1, &res->eval, e) != 0)
+                    goto done_loop;
+                res->has_eval = r.n_eval > 0;
+            }
+        }
+    }
+    res->steps = step;
+    res->seconds = gp_now() - t_start;
+    res->samples_per_s = (double)step * per_step / res->seconds;
+    if (s->stage == STAGE_FINETUNE) {
+        if (do_eval(&r, r.train_recs, r.n_train, "train", step, epoch, &res->train_eval, e) != 0)
+            goto done_loop;
+        res->has_train_eval = 1;
+    }
+    rc = 0;
+done_loop:
+    free(int_prob);
+    free(int_label);
+    if (r.tty)
+        fprintf(stderr, "\r\033[K");
+    if (rc != 0)
+        goto done;
+    rc = -1;
+    if (r.be->get_params(r.be, sparse, dense, e) != 0)
+        goto done;
+    snprintf(res->checkpoint, sizeof res->checkpoint, "%s/model.safetensors", s->out_dir);
+    {
+        char *settings_text = NULL;
+        size_t len = 0;
+        FILE *mem = open_memstream(&settings_text, &len);
+        settings_print(s, NULL, mem);
+        fclose(mem);
+        int save_rc = checkpoint_save_model(res->checkpoint, &r.layout, sparse, dense, settings_text,
+                                            settings_stage_name(s->stage), step, e);
+        free(settings_text);
+        if (save_rc != 0)
+            goto done;
+    }
+    path = gp_path_join(s->out_dir, "result.json");
+    {
+        char *json = NULL;
+        size_t len = 0;
+        FILE *m = open_memstream(&json, &len);
+        fprintf(m, "{\"stage\":\"%s\",\"steps\":%lld", settings_stage_name(s->stage), (long long)res->steps);
+        json_num(m, "seconds", res->seconds);
+        json_num(m, "samples_per_s", res->samples_per_s);
+        if (res->has_eval && s->stage == STAGE_FINETUNE) {
+            json_num(m, "test_auc", res->eval.auc);
+            json_num(m, "test_gauc", res->eval.gauc);
+            json_num(m, "test_logloss", res->eval.logloss);
+        }
+        if (res->has_eval && s->stage == STAGE_PRETRAIN) {
+            json_num(m, "hr@10", res->eval.hr[1]);
+            json_num(m, "ndcg@10", res->eval.ndcg[1]);
+        }
+        if (res->has_train_eval) {
+            json_num(m, "train_auc", res->train_eval.auc);
+            json_num(m, "train_logloss", res->train_eval.logloss);
+        }
+        json_num(m, "ceiling_auc", res->ceiling_auc);
+        fprintf(m, ",\"checkpoint\":\"%s\"}\n", res->checkpoint);
+        fclose(m);
+        int wrc = gp_write_atomic(path, json, len, e);
+        free(json);
+        if (wrc != 0)
+            goto done;
+    }
+    printf("[%s] done: %lld steps in %s (%.0f samples/s); model saved to %s\n", settings_stage_name(s->stage),
+           (long long)res->steps, (fmt_duration(res->seconds, buf, sizeof buf), buf), res->samples_per_s,
+           res->checkpoint);
+    rc = 0;
+done:
+    free(path);
+    free(order);
+    free(probs);
+    batch_free(&x);
+    gp_free_aligned(sparse);
+    gp_free_aligned(dense);
+    if (r.log)
+        fclose(r.log);
+    backend_destroy(r.be);
+    model_layout_free(&r.layout);
+    dataset_close(&r.ds);
+    return rc;
+}
