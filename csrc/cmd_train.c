@@ -1,0 +1,292 @@
+/* gpsdrec train / gpsd / eval. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "cli.h"
+#include "dataset.h"
+#include "evaluate.h"
+#include "model.h"
+#include "safetensors.h"
+#include "train.h"
+
+/* The main job with no config: a synthetic dataset and a small model that trains on a CPU in a
+ * few minutes, pretraining then finetuning with the pretrained item table frozen (ST&SF). */
+const char cli_embedded_default[] =
+    "dim = 32\n"
+    "n_layers = 2\n"
+    "n_heads = 2\n"
+    "max_history = 50\n"
+    "n_negatives = 256\n"
+    "batch_size = 128\n"
+    "eval_batch_size = 1024\n"
+    "warmup_steps = 50\n"
+    "log_every = 10\n"
+    "pretrain.epochs = 6\n"
+    "finetune.epochs = 3\n"
+    "out_dir = runs/default\n";
+
+/* gpsd's own defaults: finetune transfers the pretrained item table and freezes it. */
+static const char gpsd_defaults[] = "finetune.transfer = sparse\n"
+                                    "finetune.freeze_sparse = true\n";
+
+static void apply_threads(const gp_settings *s)
+{
+    if (s->threads > 0)
+        omp_set_num_threads((int)s->threads);
+}
+
+static void print_settings(const gp_settings *s, const cfg_assignment **origin)
+{
+    printf("---- effective settings (stage %s) ----\n", settings_stage_name(s->stage));
+    settings_print(s, origin, stdout);
+    printf("----\n");
+}
+
+void cmd_train_usage(FILE *f)
+{
+    fprintf(f, "usage: gpsdrec train CONFIG... [--set key=value]... [--KEY VALUE]...\n\n"
+               "Runs one stage (stage = pretrain | finetune) on `data`, writing settings.conf, log.jsonl,\n"
+               "model.safetensors and result.json into out_dir. With no data, the embedded synthetic dataset\n"
+               "is generated into out_dir/data.gpsd first.\n");
+    cli_print_keys(f);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    cfg_list l;
+    gp_err e = {{0}};
+    int rc = cli_collect_settings(argc, argv, NULL, NULL, &l, NULL, NULL, cmd_train_usage, &e);
+    if (rc != 0) {
+        cfg_list_free(&l);
+        return rc > 0 ? 0 : cli_error("train", &e);
+    }
+    gp_settings s;
+    const cfg_assignment *origin[256];
+    /* The stage key picks the scope; resolve once unscoped to read it. */
+    if (cli_resolve(&l, STAGE_PRETRAIN, &s, origin, &e) != 0 ||
+        cli_resolve(&l, s.stage == STAGE_FINETUNE ? STAGE_FINETUNE : STAGE_PRETRAIN, &s, origin, &e) != 0 ||
+        settings_validate(&s, &e) != 0 || cli_ensure_data(&s, s.out_dir, &e) != 0) {
+        cfg_list_free(&l);
+        return cli_error("train", &e);
+    }
+    apply_threads(&s);
+    print_settings(&s, origin);
+    train_result res;
+    if (train_run(&s, origin, &res, &e) != 0) {
+        cfg_list_free(&l);
+        return cli_error("train", &e);
+    }
+    cfg_list_free(&l);
+    return 0;
+}
+
+void cmd_gpsd_usage(FILE *f)
+{
+    fprintf(f, "usage: gpsdrec gpsd [CONFIG...] [--set key=value]... [--KEY VALUE]...\n\n"
+               "The whole GPSD method: pretrain a generative model on `data`, then finetune a CTR model\n"
+               "initialised from it. By default the finetune stage transfers the item table and freezes it\n"
+               "(ST&SF); `finetune.transfer` and `finetune.freeze_sparse` pick the other strategies (none = NT,\n"
+               "full = FT, sparse = ST, with or without SF). Stages write into out_dir/pretrain and\n"
+               "out_dir/finetune.\n\n"
+               "With no config files it runs the embedded default: a synthetic dataset (out_dir/data.gpsd,\n"
+               "generated once), an L2H32A2 model, 6 pretraining epochs and 3 finetuning epochs, on the GPU\n"
+               "when there is one, else the CPU; it prints the test AUC next to the generator's ceiling.\n");
+    cli_print_keys(f);
+}
+
+static int run_stage(cfg_list *l, int stage, const char *out_root, const char *data, const char *init_from,
+                     train_result *res, gp_err *e)
+{
+    gp_settings s;
+    const cfg_assignment *origin[256];
+    if (cli_resolve(l, stage, &s, origin, e) != 0)
+        return -1;
+    snprintf(s.out_dir, sizeof s.out_dir, "%s/%s", out_root, settings_stage_name(stage));
+    snprintf(s.data, sizeof s.data, "%s", data);
+    if (stage == STAGE_FINETUNE && s.transfer != TRANSFER_NONE && !s.init_from[0])
+        snprintf(s.init_from, sizeof s.init_from, "%s", init_from);
+    if (settings_validate(&s, e) != 0)
+        return -1;
+    apply_threads(&s);
+    print_settings(&s, origin);
+    return train_run(&s, origin, res, e);
+}
+
+int cmd_gpsd(int argc, char **argv)
+{
+    cfg_list l;
+    gp_err e = {{0}};
+    char **rest = NULL;
+    int n_rest = 0;
+    /* A config file on the command line replaces the embedded default run. */
+    int has_config = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *dot = strrchr(argv[i], '.');
+        if (argv[i][0] != '-' && dot && (strcmp(dot, ".conf") == 0 || strcmp(dot, ".cfg") == 0))
+            has_config = 1;
+    }
+    /* gpsd's defaults first, then the embedded default run when no config file is given. */
+    size_t n = strlen(gpsd_defaults) + strlen(cli_embedded_default) + 1;
+    char *embedded = gp_xmalloc(n);
+    snprintf(embedded, n, "%s%s", gpsd_defaults, has_config ? "" : cli_embedded_default);
+    int rc = cli_collect_settings(argc, argv, embedded, has_config ? "gpsd defaults" : "embedded default", &l, &rest,
+                                  &n_rest, cmd_gpsd_usage, &e);
+    free(embedded);
+    if (rc == 0 && n_rest > 0)
+        rc = gp_fail(&e, "unexpected argument \"%s\" (config files end in .conf)", rest[0]);
+    free(rest);
+    if (rc != 0) {
+        cfg_list_free(&l);
+        return rc > 0 ? 0 : cli_error("gpsd", &e);
+    }
+    gp_settings base;
+    if (cli_resolve(&l, STAGE_PRETRAIN, &base, NULL, &e) != 0 || cli_ensure_data(&base, base.out_dir, &e) != 0) {
+        cfg_list_free(&l);
+        return cli_error("gpsd", &e);
+    }
+    char pre_ckpt[CFG_STR_MAX + 64];
+    snprintf(pre_ckpt, sizeof pre_ckpt, "%s/pretrain/model.safetensors", base.out_dir);
+    train_result pre, fin;
+    double t0 = gp_now();
+    if (run_stage(&l, STAGE_PRETRAIN, base.out_dir, base.data, NULL, &pre, &e) != 0 ||
+        run_stage(&l, STAGE_FINETUNE, base.out_dir, base.data, pre_ckpt, &fin, &e) != 0) {
+        cfg_list_free(&l);
+        return cli_error("gpsd", &e);
+    }
+    gp_settings fs;
+    cli_resolve(&l, STAGE_FINETUNE, &fs, NULL, &e);
+    const char *strategy = fs.transfer == TRANSFER_NONE     ? "NT"
+                           : fs.transfer == TRANSFER_FULL   ? (fs.freeze_sparse ? "FT&SF" : "FT")
+                                                            : (fs.freeze_sparse ? "ST&SF" : "ST");
+    printf("\n==== GPSD (%s) on %s, %.0fs ====\n", strategy, base.data, gp_now() - t0);
+    printf("pretrain: next-item hr@10 %.4f  ndcg@10 %.4f on the test users' held-out items\n", pre.eval.hr[1],
+           pre.eval.ndcg[1]);
+    printf("finetune: test AUC %.4f  GAUC %.4f  logloss %.4f", fin.eval.auc, fin.eval.gauc, fin.eval.logloss);
+    if (fin.has_train_eval)
+        printf("  (train AUC %.4f, gap %.4f)", fin.train_eval.auc, fin.train_eval.auc - fin.eval.auc);
+    printf("\n");
+    if (!isnan(fin.ceiling_auc))
+        printf("generator ceiling AUC %.4f (an oracle that knows each user's latent state)\n", fin.ceiling_auc);
+    printf("test AUC %.4f\n", fin.eval.auc);
+    cfg_list_free(&l);
+    return 0;
+}
+
+void cmd_eval_usage(FILE *f)
+{
+    fprintf(f, "usage: gpsdrec eval CHECKPOINT.safetensors [--data FILE] [--set key=value]...\n\n"
+               "Evaluates a gpsdrec checkpoint with the settings stored in it (overridable): a finetuned model\n"
+               "by AUC, GAUC and logloss of its CTR predictions, a pretrained one by next-item HR@K, NDCG@K\n"
+               "and MRR against the whole catalogue, on eval_split (test or valid).\n");
+    cli_print_keys(f);
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    gp_err e = {{0}};
+    char **rest = NULL;
+    int n_rest = 0;
+    cfg_list l;
+    int rc = cli_collect_settings(argc, argv, NULL, NULL, &l, &rest, &n_rest, cmd_eval_usage, &e);
+    if (rc > 0) {
+        free(rest);
+        cfg_list_free(&l);
+        return 0;
+    }
+    if (rc == 0 && n_rest != 1)
+        rc = gp_fail(&e, "expected one checkpoint file, got %d arguments", n_rest);
+    const char *ckpt = rc == 0 ? rest[0] : NULL;
+    free(rest);
+    st_file f;
+    memset(&f, 0, sizeof f);
+    if (rc == 0)
+        rc = st_open(&f, ckpt, &e);
+    const char *stored = rc == 0 ? st_meta(&f, "settings") : NULL;
+    const char *stage_text = rc == 0 ? st_meta(&f, "stage") : NULL;
+    if (rc == 0 && (!stored || !stage_text))
+        rc = gp_fail(&e, "%s: not a gpsdrec checkpoint (no settings in its metadata)", ckpt);
+    /* The checkpoint's settings go between the defaults and the command line's overrides. */
+    cfg_list full = {0};
+    if (rc == 0)
+        rc = cfg_parse_text(&full, settings_stage_defaults, "stage defaults", &e);
+    if (rc == 0)
+        rc = cfg_parse_text(&full, stored, ckpt, &e);
+    for (int i = 0; rc == 0 && i < l.n; i++)
+        if (strcmp(l.items[i].source, "--set") == 0) {
+            size_t n = strlen(l.items[i].key) + strlen(l.items[i].value) + 2;
+            char *kv = gp_xmalloc(n);
+            snprintf(kv, n, "%s=%s", l.items[i].key, l.items[i].value);
+            rc = cfg_add_override(&full, kv, &e);
+            free(kv);
+        }
+    cfg_list_free(&l);
+    gp_settings s;
+    int stage = stage_text && strcmp(stage_text, "finetune") == 0 ? STAGE_FINETUNE : STAGE_PRETRAIN;
+    if (rc == 0)
+        rc = cli_resolve(&full, stage, &s, NULL, &e);
+    dataset ds;
+    memset(&ds, 0, sizeof ds);
+    model_layout layout;
+    memset(&layout, 0, sizeof layout);
+    backend *be = NULL;
+    float *sparse = NULL, *dense = NULL;
+    ds_open_opts oo = ds_default_open_opts();
+    model_config mc;
+    if (rc == 0)
+        rc = dataset_open(&ds, s.data, &oo, &e);
+    if (rc == 0)
+        rc = model_config_from_settings(&mc, &s, (int64_t)ds.hdr->n_items, (int64_t)ds.hdr->n_cates, &e);
+    if (rc == 0)
+        rc = model_layout_build(&layout, &mc, &e);
+    if (rc == 0) {
+        backend_opts bo = {.max_batch = (int)s.eval_batch_size, .freeze_sparse = 1, .threads = (int)s.threads};
+        apply_threads(&s);
+        be = backend_create(s.device, &layout, &bo, &e);
+        rc = be ? 0 : -1;
+    }
+    if (rc == 0) {
+        sparse = gp_alloc_or_fail((size_t)layout.sparse_numel * sizeof(float), "item embeddings", &e);
+        dense = gp_alloc_or_fail((size_t)layout.dense_numel * sizeof(float), "dense parameters", &e);
+        rc = sparse && dense ? 0 : -1;
+    }
+    if (rc == 0)
+        rc = checkpoint_load_params(ckpt, &layout, sparse, dense, TRANSFER_FULL, NULL, NULL, 0, &e);
+    if (rc == 0)
+        rc = be->set_params(be, sparse, dense, &e);
+    if (rc == 0) {
+        int split = s.eval_split == EVAL_SPLIT_VALID ? DS_SPLIT_VALID : DS_SPLIT_TEST;
+        int64_t n = (int64_t)ds.split_count[split];
+        if (s.eval_max_samples > 0 && n > s.eval_max_samples)
+            n = s.eval_max_samples;
+        eval_result r;
+        if (stage == STAGE_FINETUNE) {
+            rc = evaluate_ctr(be, &ds, ds.split_begin[split], n, (int)s.eval_batch_size, (int)s.max_history, &r, NULL,
+                              &e);
+            if (rc == 0)
+                printf("%s on %s (%s, %lld samples): auc %.6f  gauc %.6f  logloss %.6f\n", ckpt, s.data,
+                       ds_split_name(split), (long long)r.n, r.auc, r.gauc, r.logloss);
+        } else {
+            rc = evaluate_next_item(be, &ds, ds.split_begin[split], n, (int)s.eval_batch_size, (int)s.max_history, &r,
+                                    &e);
+            if (rc == 0) {
+                printf("%s on %s (%s, %lld users):", ckpt, s.data, ds_split_name(split), (long long)r.n);
+                for (int k = 0; k < EVAL_N_KS; k++)
+                    printf("  hr@%d %.6f  ndcg@%d %.6f", EVAL_KS[k], r.hr[k], EVAL_KS[k], r.ndcg[k]);
+                printf("  mrr %.6f\n", r.mrr);
+            }
+        }
+    }
+    gp_free_aligned(sparse);
+    gp_free_aligned(dense);
+    backend_destroy(be);
+    model_layout_free(&layout);
+    dataset_close(&ds);
+    cfg_list_free(&full);
+    st_close(&f);
+    return rc == 0 ? 0 : cli_error("eval", &e);
+}
