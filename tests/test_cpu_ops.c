@@ -758,7 +758,7 @@ TEST(cpu_ops_softmax_xent_grad)
             FREE(c.h, c.emb, c.label, rh, re, pre_h, pre_e, dh, de, gh, ge);
         }
     /* many classes: the op works through several chunks of rows */
-    sx_ctx c = {NULL, NULL, NULL, 150, 40000, 3, 3.0, 0.37};
+    sx_ctx c = {NULL, NULL, NULL, 150, 20000, 3, 3.0, 0.37};
     c.h = rnd(c.n_rows * c.dim, -1, 1);
     c.emb = rnd((int64_t)c.n_classes * c.dim, -1, 1);
     c.label = rnd_ids(c.n_rows, c.n_classes);

@@ -803,23 +803,26 @@ void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL 
                         z[j] = ((double)sc[j] - corr) * inv_temp;
                         mx = z[j] > mx ? z[j] : mx;
                     }
-                double sum = exp(z0 - mx);
+                double neg_sum = 0;
                 for (int j = 0; j < n_neg; j++)
-                    if (nid[j] != label[p])
-                        sum += exp(z[j] - mx);
+                    if (nid[j] != label[p]) {
+                        z[j] = exp(z[j] - mx);
+                        neg_sum += z[j];
+                    }
+                double sum = exp(z0 - mx) + neg_sum;
                 double lse = mx + log(sum);
                 seq_loss[s] += lse - z0;
                 if (!grads)
                     continue;
                 /* d loss / d z0 = p0 - 1, d loss / d zj = pj; z = score * inv_temp */
-                double gs = (double)grad_scale * inv_temp;
-                REAL g0 = (REAL)((exp(z0 - lse) - 1.0) * gs);
+                double gs = (double)grad_scale * inv_temp, inv_sum = 1.0 / sum;
+                REAL g0 = (REAL)(-(neg_sum * inv_sum) * gs); /* p0 - 1 without cancellation */
                 for (int d = 0; d < dim; d++)
                     gh[d] = g0 * pp[d];
                 for (int j = 0; j < n_neg; j++) {
                     if (nid[j] == label[p])
                         continue;
-                    REAL gj = (REAL)(exp(z[j] - lse) * gs);
+                    REAL gj = (REAL)(z[j] * inv_sum * gs);
                     axpy_r(gh, gj, neg + (int64_t)j * dim, dim);
                     if (d_neg)
                         axpy_r(d_neg + ((int64_t)s * n_neg + j) * dim, gj, hp, dim);
@@ -874,17 +877,23 @@ void OPS_FN(cpu_softmax_xent)(double *loss_sum, REAL *d_h, REAL *d_emb, const RE
                     lg[c] = 0;
                 continue;
             }
-            double mx = (double)lg[0] * inv_temp;
-            for (int c = 1; c < n_classes; c++)
-                mx = GP_MAX(mx, (double)lg[c] * inv_temp);
+            REAL it = inv_temp, mx = lg[0] * it;
+            for (int c = 0; c < n_classes; c++) {
+                lg[c] *= it;
+                mx = lg[c] > mx ? lg[c] : mx;
+            }
+            REAL zy = lg[y];
             double sum = 0;
+            for (int c = 0; c < n_classes; c++) {
+                lg[c] = R_EXP(lg[c] - mx);
+                sum += lg[c];
+            }
+            row_loss[r] = (double)mx + log(sum) - (double)zy;
+            if (!d_h && !d_emb)
+                continue;
+            double gs = (double)grad_scale * inv_temp, inv_sum = 1.0 / sum;
             for (int c = 0; c < n_classes; c++)
-                sum += exp((double)lg[c] * inv_temp - mx);
-            double lse = mx + log(sum);
-            row_loss[r] = lse - (double)lg[y] * inv_temp;
-            double gs = (double)grad_scale * inv_temp;
-            for (int c = 0; c < n_classes; c++)
-                lg[c] = (REAL)((exp((double)lg[c] * inv_temp - lse) - (c == y)) * gs);
+                lg[c] = (REAL)(((double)lg[c] * inv_sum - (c == y)) * gs);
         }
         for (int64_t r = 0; r < nr; r++)
             total += row_loss[r];
