@@ -36,12 +36,12 @@ HOST_SRC    := $(filter-out csrc/main.c,$(wildcard csrc/*.c csrc/cpu/*.c))
 CUDAHOST_SRC:= $(wildcard csrc/cuda/*.c)
 KERNEL_SRC  := $(wildcard kernels/*.cu)
 TEST_SRC    := $(wildcard tests/test_*.c tests/support/*.c)
-GPUTEST_SRC := $(wildcard tests/gpu/test_*.c tests/support/*.c)
+GPUTEST_SRC := $(wildcard tests/gpu/*.c tests/support/*.c)
 
 ifeq ($(WITH_CUDA),1)
   FLAVOR   := cuda
   CUDA_INC := -I$(CUDA_HOME)/include $(if $(CUDNN_INC),-I$(CUDNN_INC)) $(if $(NCCL_INC),-I$(NCCL_INC))
-  DEFS     := -DGPSDREC_WITH_CUDA=1 $(CUDA_INC)
+  DEFS     := -DGPSDREC_WITH_CUDA=1 -Ikernels $(CUDA_INC)
   CUDA_LIBDIRS := $(sort $(CUDA_HOME)/lib64 $(CUDNN_LIBDIR) $(NCCL_LIBDIR))
   CUDA_LIBS := $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) -lcudart -lcublasLt -lcublas $(CUDNN_LINK) $(NCCL_LINK) -lstdc++
   OBJ_EXTRA := $(CUDAHOST_SRC:%.c=$(BUILD)/cuda/%.o) $(KERNEL_SRC:%.cu=$(BUILD)/cuda/%.o)
@@ -80,12 +80,17 @@ $(BUILD)/cuda/kernels/%.o: kernels/%.cu Makefile
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++17 -arch=$(CUDA_ARCH) $(NVCCFLAGS) -Iinclude -Ikernels $(CUDA_INC) -MMD -MP -c $< -o $@
 
-# Every CUDA source compiles in `make test` when nvcc exists, even in a CUDA=0 build.
-kernels: $(if $(filter 1,$(HAVE_NVCC)),$(KERNEL_SRC:%.cu=$(BUILD)/cuda/kernels/%.o) $(CUDAHOST_SRC:%.c=$(BUILD)/cuda/%.o))
+# Every CUDA source (kernels, CUDA host code, GPU tests) compiles in `make test` when nvcc
+# exists, even in a CUDA=0 build, so a kernel that does not compile fails CI.
+kernels: $(if $(filter 1,$(HAVE_NVCC)),$(KERNEL_SRC:%.cu=$(BUILD)/cuda/kernels/%.o) $(CUDAHOST_SRC:%.c=$(BUILD)/cuda/%.o) $(filter tests/gpu/%,$(GPUTEST_SRC:%.c=$(BUILD)/cuda/%.o)))
 
+CUDA_CFLAGS = $(BASEFLAGS) -DGPSDREC_WITH_CUDA=1 -I$(CUDA_HOME)/include -Ikernels $(if $(CUDNN_INC),-I$(CUDNN_INC)) $(if $(NCCL_INC),-I$(NCCL_INC)) $(CFLAGS)
 $(BUILD)/cuda/csrc/%.o: csrc/%.c Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -DGPSDREC_WITH_CUDA=1 -I$(CUDA_HOME)/include $(if $(CUDNN_INC),-I$(CUDNN_INC)) $(if $(NCCL_INC),-I$(NCCL_INC)) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/cuda/tests/%.o: tests/%.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/test_$(FLAVOR): $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)

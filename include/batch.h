@@ -9,6 +9,8 @@
  *   item_label, cate_label [B][S]  position k's label is the item at k+1, position n-1's label
  *                                  is the target; -100 = no label (padding, and CTR samples)
  *   negatives              [B][N]  sampled-softmax negatives of each sequence, uniform in [0, n_items)
+ *                                  (a backend also accepts -n_items..-1, which index from the end as in
+ *                                  PyTorch; the accidental-hit mask compares the ids as given)
  *   user                   [B]     user index (for GAUC)
  *
  * Loading follows the official SeqRecDataset: the history is truncated to its last S items

@@ -23,7 +23,7 @@ struct cpu_workspace {
     layer_acts *layer;
     float *rstd_f, *hf, *post_lin, *post_rstd, *hp;
     /* item head */
-    int32_t *item_row, *item_lab, *item_seq;
+    int32_t *item_row, *item_lab, *item_seq, *neg_row;
     float *ih, *ih_n, *ih_norm, *lab_e, *lab_n, *lab_norm, *neg_e, *neg_n, *neg_norm;
     float *d_ih_n, *d_lab_n, *d_neg_n, *d_ih, *d_lab, *d_neg;
     /* category head */
@@ -88,6 +88,7 @@ static size_t plan(cpu_workspace *w, char *base)
     w->item_row = carve(base, &c, I32(T));
     w->item_lab = carve(base, &c, I32(T));
     w->item_seq = carve(base, &c, I32(T));
+    w->neg_row = carve(base, &c, I32(BN));
     w->ih = carve(base, &c, F32(T * E));
     w->ih_n = carve(base, &c, F32(T * E));
     w->ih_norm = carve(base, &c, F32(T));
@@ -366,16 +367,21 @@ int cpu_model_step(cpu_workspace *w, const model_layout *l, const float *sparse,
         if (P < 0)
             return -1;
         const int N = c->n_negatives;
-        for (int64_t i = 0; i < (int64_t)B * N; i++)
-            if (x->negatives[i] < 0 || x->negatives[i] >= c->n_items)
-                return gp_fail(e, "sequence %lld: negative id %d outside [0, %lld)", (long long)(i / N),
-                               x->negatives[i], (long long)c->n_items);
+        /* Negative ids index the table as PyTorch does: -n_items..-1 count from the end. The
+         * accidental-hit mask still compares the ids as given, like the official model. */
+        for (int64_t i = 0; i < (int64_t)B * N; i++) {
+            int32_t id = x->negatives[i];
+            if (id < -c->n_items || id >= c->n_items)
+                return gp_fail(e, "sequence %lld: negative id %d outside [-%lld, %lld)", (long long)(i / N), id,
+                               (long long)c->n_items, (long long)c->n_items);
+            w->neg_row[i] = id < 0 ? (int32_t)(id + c->n_items) : id;
+        }
         if (P > 0) {
             gather_rows(w->ih, hp, w->item_row, P, E);
             normalise_or_copy(w->ih_n, w->ih_norm, w->ih, P, E, c->l2_norm, c->l2_eps);
             cpu_embedding_fwd(w->lab_e, item_emb, w->item_lab, P, E, 0);
             normalise_or_copy(w->lab_n, w->lab_norm, w->lab_e, P, E, c->l2_norm, c->l2_eps);
-            cpu_embedding_fwd(w->neg_e, item_emb, x->negatives, (int64_t)B * N, E, 0);
+            cpu_embedding_fwd(w->neg_e, item_emb, w->neg_row, (int64_t)B * N, E, 0);
             normalise_or_copy(w->neg_n, w->neg_norm, w->neg_e, (int64_t)B * N, E, c->l2_norm, c->l2_eps);
             double sum = 0;
             float scale = grad_scale * c->w_item / (float)P;
@@ -397,7 +403,7 @@ int cpu_model_step(cpu_workspace *w, const model_layout *l, const float *sparse,
                     cpu_embedding_bwd(d_sparse + l->item_emb, w->d_lab, w->item_lab, P, E, NULL);
                     normalise_bwd_or_copy(w->d_neg, w->d_neg_n, w->neg_n, w->neg_norm, (int64_t)B * N, E, c->l2_norm,
                                           c->l2_eps, 0);
-                    cpu_embedding_bwd(d_sparse + l->item_emb, w->d_neg, x->negatives, (int64_t)B * N, E, NULL);
+                    cpu_embedding_bwd(d_sparse + l->item_emb, w->d_neg, w->neg_row, (int64_t)B * N, E, NULL);
                 }
             }
         }

@@ -1,0 +1,187 @@
+/* kernels: the hand-written CUDA kernels of the GPU backend, behind a plain C interface.
+ *
+ * Every launcher is callable from C (host code in csrc/cuda/), enqueues its work on the given
+ * stream, never synchronises, and returns the cudaError_t of the launch (cudaGetLastError()
+ * right after it). All sizes are validated by the caller; launchers handle any size including
+ * tails (a size of 0 launches nothing and returns cudaSuccess). Row offsets are computed in
+ * 64-bit (row * dim as int64_t). Results are deterministic: no floating-point atomics; every
+ * reduction has a fixed order independent of scheduling.
+ *
+ * Types: bf16 tensors are passed as `gp_bf16 *` (the storage of __nv_bfloat16). Activations are
+ * row-major [rows][dim]. "fp32" means float. Token metadata and ids are int32.
+ *
+ * Conventions shared with the CPU reference (csrc/cpu/ops.h), whose results these kernels must
+ * reproduce: RMSNorm out = x * rsqrt(mean(x^2) + eps) * w computed in fp32; RoPE rotates pairs
+ * (2i, 2i+1) by pos * theta^(-2i/head_dim) with the angle computed as the official model does
+ * (freq = 1 / theta^(2i/head_dim) in fp32, angle = fp32(pos * freq), cos/sin of it);
+ * L2 normalisation divides by max(||x||, eps); SwiGLU = silu(a) * b.
+ */
+#ifndef GPSDREC_KERNELS_H
+#define GPSDREC_KERNELS_H
+
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint16_t gp_bf16;
+
+/* ---- conversions ---------------------------------------------------------------------- */
+/* dst[i] = bf16(src[i]) (round to nearest even), n elements. */
+cudaError_t k_f32_to_bf16(gp_bf16 *dst, const float *src, int64_t n, cudaStream_t s);
+/* dst[i] = float(src[i]). */
+cudaError_t k_bf16_to_f32(float *dst, const gp_bf16 *src, int64_t n, cudaStream_t s);
+
+/* ---- embeddings ----------------------------------------------------------------------- */
+/* out[t] = item[tok_item[t]] + cate[tok_cate[t]] + seg[tok_seg[t]] (tables fp32 [*, dim]);
+ * written as fp32 (out_f32, may be NULL) and bf16 (out_bf16, may be NULL). */
+cudaError_t k_embed_fwd(float *out_f32, gp_bf16 *out_bf16, const float *item, const float *cate, const float *seg,
+                        const int32_t *tok_item, const int32_t *tok_cate, const int32_t *tok_seg, int64_t rows,
+                        int dim, cudaStream_t s);
+/* out[r] = table[ids[r]] (fp32 table) as fp32 (out_f32) and/or bf16 (out_bf16). */
+cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table, const int32_t *ids, int64_t rows,
+                          int dim, cudaStream_t s);
+
+/* Deterministic scatter-add of row gradients: table_grad[ids[r]] += src[r] for r < rows, rows
+ * with the same id summed in increasing r (so the result is independent of scheduling), rows
+ * whose id has freeze_mask[id] != 0 skipped (freeze_mask may be NULL).
+ * Needs a plan built once for the largest `rows` (scratch for sorting (id, r) pairs with CUB);
+ * the plan's scratch is device memory owned by the caller. */
+typedef struct {
+    int64_t max_rows;
+    int64_t n_ids;         /* ids are in [0, n_ids) */
+    size_t scratch_bytes;  /* device bytes the caller must provide */
+} k_scatter_plan;
+cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids);
+cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows, int dim,
+                               const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch, cudaStream_t s);
+
+/* dst[dst_rows[r]] += src[r] (fp32 [rows][dim]) where the caller guarantees dst_rows are distinct
+ * (scattering per-position gradients back into the packed token rows). */
+cudaError_t k_add_rows(float *dst, const float *src, const int32_t *dst_rows, int64_t rows, int dim, cudaStream_t s);
+
+/* ---- normalisation -------------------------------------------------------------------- */
+/* Residual add + RMSNorm, forward: sum = x + delta (delta bf16, may be NULL: sum = x), written
+ * to sum_out (fp32, may alias x, may be NULL when delta is NULL); norm_out = bf16(RMSNorm(sum) * w);
+ * rstd[r] saved (fp32). */
+cudaError_t k_residual_rmsnorm_fwd(float *sum_out, gp_bf16 *norm_out, float *rstd, const float *x,
+                                   const gp_bf16 *delta, const float *w, int64_t rows, int dim, float eps,
+                                   cudaStream_t s);
+/* RMSNorm backward: d_x = d_resid + dRMSNorm/dx . d_norm (fp32, written to d_out which may alias
+ * d_resid; d_resid may be NULL = 0), also as bf16 into d_out_bf16 (may be NULL).
+ * d_w += sum over rows of d_norm * x * rstd, reduced deterministically: per-block partial sums in
+ * `partial` (fp32 scratch of k_rmsnorm_bwd_partial_floats(rows, dim) floats), then a fixed-order
+ * column sum into d_w. */
+int64_t k_rmsnorm_bwd_partial_floats(int64_t rows, int dim);
+cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, float *d_w, const float *d_norm, const float *d_resid,
+                          const float *x, const float *w, const float *rstd, int64_t rows, int dim, float *partial,
+                          cudaStream_t s);
+/* Plain RMSNorm forward on a bf16 or fp32 input is the delta == NULL case above. */
+
+/* L2 normalisation of rows: out = x / max(||x||, eps) (x fp32, out fp32 and/or bf16), norm[r]
+ * = ||x[r]||. */
+cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, int64_t rows, int dim,
+                         float eps, cudaStream_t s);
+/* d_x = (d_out - out * <out, d_out>) / norm when norm > eps else d_out / eps; written (=) or
+ * added (accumulate != 0) into d_x (fp32). out is the fp32 forward output. */
+cudaError_t k_l2norm_bwd(float *d_x, const float *d_out, const float *out, const float *norm, int64_t rows, int dim,
+                         float eps, int accumulate, cudaStream_t s);
+
+/* out[r] = <a[r], b[r]> * alpha (fp32 rows of dim), the positive logits of the item head. */
+cudaError_t k_row_dot(float *out, const float *a, const float *b, int64_t rows, int dim, float alpha, cudaStream_t s);
+/* Backward of out = <a, b>: d_a[r] += d_out[r] * b[r]; d_b[r] (= or += when accumulate) d_out[r] * a[r]. */
+cudaError_t k_row_dot_bwd(float *d_a, float *d_b, const float *d_out, const float *a, const float *b, int64_t rows,
+                          int dim, int accumulate, cudaStream_t s);
+
+/* ---- rotary embedding ------------------------------------------------------------------ */
+/* In place on the q and k parts of a packed qkv buffer (bf16, row stride 3*n_heads*head_dim:
+ * q at column 0, k at column n_heads*head_dim, v after): rotate by pos[r]. inverse != 0 applies
+ * the transpose rotation (the backward of the forward). */
+cudaError_t k_rope_qk(gp_bf16 *qkv, const int32_t *pos, int64_t rows, int n_heads, int head_dim, double theta,
+                      int inverse, cudaStream_t s);
+
+/* ---- attention ------------------------------------------------------------------------- */
+/* Packed variable-length sequences, as in the CPU reference: sequence b occupies rows
+ * seq_off[b] .. seq_off[b] + seq_len[b] - 1. q, k, v are read from the packed qkv buffer (bf16,
+ * row stride 3*D, D = n_heads*head_dim), out is bf16 [rows][D], lse fp32 [rows][n_heads].
+ * Scores q.k/sqrt(head_dim) in fp32; causal: query t sees keys 0..t; otherwise all keys of its
+ * sequence. head_dim in {8, 16, 32, 64}; seq_len <= K_ATTN_MAX_LEN. */
+#define K_ATTN_MAX_LEN 1024
+cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
+                            const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim, int causal,
+                            cudaStream_t s);
+/* d_qkv (bf16, same layout as qkv) is overwritten with the gradients of q, k and v. */
+cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
+                            const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len,
+                            int n_heads, int head_dim, int causal, cudaStream_t s);
+
+/* ---- pointwise ------------------------------------------------------------------------- */
+/* ab is [rows][2F] bf16 with a = columns 0..F-1 and b = columns F..2F-1 (the fused W1|W3 GEMM
+ * output); g = silu(a) * b, bf16 [rows][F]. */
+cudaError_t k_swiglu_fwd(gp_bf16 *g, const gp_bf16 *ab, int64_t rows, int F, cudaStream_t s);
+/* d_ab (bf16 [rows][2F]) from d_g (bf16 [rows][F]) and ab. */
+cudaError_t k_swiglu_bwd(gp_bf16 *d_ab, const gp_bf16 *d_g, const gp_bf16 *ab, int64_t rows, int F, cudaStream_t s);
+/* out = bf16(relu(x + bias)) for x fp32 [rows][dim], bias fp32 [dim] (the rank head's hidden
+ * layer). Its backward needs only out (relu'(z) = out > 0). */
+cudaError_t k_bias_relu_fwd(gp_bf16 *out, const float *x, const float *bias, int64_t rows, int dim, cudaStream_t s);
+/* d_x (bf16) = d_out * (out > 0); d_bias += column sums of d_x (fixed order). */
+cudaError_t k_relu_bwd(gp_bf16 *d_x, float *d_bias, const float *d_out, const gp_bf16 *out, int64_t rows, int dim,
+                       cudaStream_t s);
+
+/* ---- losses (loss and gradient fused) ----------------------------------------------------- */
+/* Sampled softmax rows, loss and gradient in one pass. Rows come as [n_seq][rows_per_seq]
+ * (row r belongs to sequence r / rows_per_seq). For each row with label[r] != -100:
+ *   positive logit z0 = pos_logit[r], negative logits z_j = logits[r*ld + j] for j < n_neg (both fp32
+ *   and already multiplied by inv_temp); negative j is excluded (zero probability, zero gradient)
+ *   when neg_ids[seq*n_neg + j] == label[r]; with logq, every kept z_j is lowered by
+ *   log(kept) * inv_temp (the CPU reference subtracts log(kept) before the temperature);
+ *   loss[r] = logsumexp(z0, kept z_j) - z0;
+ *   d_pos[r] = scale * (p0 - 1); d_logits[r*ld + j] = bf16(scale * p_j) (0 when excluded).
+ * Unlabelled rows get loss 0, d_pos 0 and zero d_logits. `scale` is d(total loss)/d(row loss)
+ * times inv_temp, so the gradients are w.r.t. the un-scaled dot products. */
+cudaError_t k_sampled_softmax_rows(float *loss, gp_bf16 *d_logits, float *d_pos, const float *logits,
+                                   const float *pos_logit, const int32_t *label, const int32_t *neg_ids, int64_t rows,
+                                   int rows_per_seq, int n_neg, int64_t ld, float inv_temp, int logq, float scale,
+                                   cudaStream_t s);
+/* Full softmax cross-entropy rows: logits [rows][n_classes] fp32 (row stride ld, already times
+ * inv_temp), label[r] in [0, n_classes) or -100 (row skipped: loss 0, zero gradient).
+ * loss[r] = logsumexp - z_label; d_logits[r*ld + c] = bf16(scale * (softmax_c - [c == label])),
+ * scale as above. */
+cudaError_t k_softmax_xent_rows(float *loss, gp_bf16 *d_logits, const float *logits, const int32_t *label,
+                                int64_t rows, int n_classes, int64_t ld, float scale, cudaStream_t s);
+/* BCE with logits for the rank head's output: z[r] = logit[r] + bias[0]; rows whose label is 0
+ * or 1 count, others are skipped. prob[r] = sigmoid(z[r]) for every row; loss[r] = BCE (0 when
+ * skipped); d_logit[r] = scale * (sigmoid - label) (0 when skipped; may be NULL); d_bias[0] +=
+ * the sum of d_logit in row order (may be NULL). */
+cudaError_t k_bce_logits(float *prob, float *loss, float *d_logit, float *d_bias, const float *logit,
+                         const float *bias, const int32_t *label, int64_t n, float scale, cudaStream_t s);
+
+/* ---- reductions and the optimiser -------------------------------------------------------- */
+/* Deterministic sums: every launcher below reduces with a fixed tree (per-block partial sums in
+ * a fixed element order, then one block summing the partials in order), accumulating in double.
+ * `scratch` is caller-owned device memory of at least K_REDUCE_SCRATCH doubles. */
+#define K_REDUCE_SCRATCH 4096
+/* out[0] = sum of x[0..n). */
+cudaError_t k_sum(double *out, const float *x, int64_t n, double *scratch, cudaStream_t s);
+/* out[0] = sum over the n_ranges ranges (ptrs[i], lens[i]) of the squares of their elements.
+ * ptrs and lens are device arrays (built once per model: the trained tensors). */
+cudaError_t k_sum_squares_ranges(double *out, const float *const *ptrs, const int64_t *lens, int n_ranges,
+                                 double *scratch, cudaStream_t s);
+/* AdamW (PyTorch semantics, see csrc/cpu/ops.h cpu_adamw) over the ranges i < n_ranges
+ * (device arrays of pointers p, g, m, v, bf16_copy and lengths). The gradient is first scaled
+ * by min(1, max_norm / (sqrt(*sumsq) + 1e-6)) when max_norm > 0, with *sumsq read from device
+ * memory so clipping needs no host round trip. If bf16_copy[i] is non-NULL the updated
+ * parameter is also written there as bf16. Elementwise, so deterministic. */
+cudaError_t k_adamw_ranges(float *const *p, const float *const *g, float *const *m, float *const *v,
+                           gp_bf16 *const *bf16_copy, const int64_t *lens, int n_ranges, const double *sumsq,
+                           double max_norm, double lr, double beta1, double beta2, double eps, double weight_decay,
+                           int64_t step, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
