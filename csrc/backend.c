@@ -37,12 +37,9 @@ backend *backend_create(int device, const model_layout *layout, const backend_op
                NULL;
     if (device == DEVICE_CUDA && !backend_cuda_available())
         return gp_fail(e, "device = cuda, but no CUDA GPU is visible (cudaGetDeviceCount found none)"), NULL;
-#if defined(GPSDREC_WITH_CUDA) && defined(GPSDREC_CUDA_BACKEND)
+#ifdef GPSDREC_WITH_CUDA
     if (device == DEVICE_CUDA || (device == DEVICE_AUTO && backend_cuda_available()))
         return backend_cuda_create(layout, opts, e);
-#else
-    if (device == DEVICE_CUDA)
-        return gp_fail(e, "device = cuda: the CUDA backend is not part of this build yet"), NULL;
 #endif
     return backend_cpu_create(layout, opts, e);
 }

@@ -159,6 +159,13 @@ cudaError_t k_softmax_xent_rows(float *loss, gp_bf16 *d_logits, const float *log
 cudaError_t k_bce_logits(float *prob, float *loss, float *d_logit, float *d_bias, const float *logit,
                          const float *bias, const int32_t *label, int64_t n, float scale, cudaStream_t s);
 
+/* ---- evaluation -------------------------------------------------------------------------- */
+/* Next-item ranking: for each row r < rows, count[r] += the number of columns j < cols with
+ * col_base + j != 0 (padding), col_base + j != target[r], and scores[r*ld + j] > threshold[r].
+ * Integer counts, so the result is exact and deterministic. */
+cudaError_t k_count_greater(int64_t *count, const float *scores, int64_t ld, const float *threshold,
+                            const int32_t *target, int64_t rows, int64_t cols, int64_t col_base, cudaStream_t s);
+
 /* ---- reductions and the optimiser -------------------------------------------------------- */
 /* Deterministic sums: every launcher below reduces with a fixed tree (per-block partial sums in
  * a fixed element order, then one block summing the partials in order), accumulating in double.

@@ -1,0 +1,223 @@
+#include "cuda/gemm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_util.h"
+
+#define GEMM_CACHE 256
+
+typedef struct {
+    int trans_a, trans_b, c_type, batch;
+    int64_t M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c;
+    int align; /* smallest alignment (bytes, up to 256) of the four pointers */
+    int beta_zero;
+} gemm_key;
+
+typedef struct {
+    gemm_key key;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+} gemm_entry;
+
+struct gemm_ctx {
+    cublasLtHandle_t handle;
+    void *workspace;
+    size_t workspace_bytes;
+    gemm_entry cache[GEMM_CACHE];
+    int n_cached;
+};
+
+const char *gp_cublas_status_name(cublasStatus_t s)
+{
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+    }
+}
+
+gemm_ctx *gemm_create(size_t workspace_bytes, gp_err *e)
+{
+    gemm_ctx *g = gp_xcalloc(1, sizeof *g);
+    g->workspace_bytes = workspace_bytes;
+    CUBLAS(cublasLtCreate(&g->handle));
+    CU(cudaMalloc(&g->workspace, workspace_bytes));
+    return g;
+fail:
+    gemm_destroy(g);
+    return NULL;
+}
+
+void gemm_destroy(gemm_ctx *g)
+{
+    if (!g)
+        return;
+    for (int i = 0; i < g->n_cached; i++) {
+        cublasLtMatmulDescDestroy(g->cache[i].op);
+        cublasLtMatrixLayoutDestroy(g->cache[i].a);
+        cublasLtMatrixLayoutDestroy(g->cache[i].b);
+        cublasLtMatrixLayoutDestroy(g->cache[i].c);
+    }
+    if (g->workspace)
+        cudaFree(g->workspace);
+    if (g->handle)
+        cublasLtDestroy(g->handle);
+    free(g);
+}
+
+static int alignment_of(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    int al = 256;
+    while (al > 1 && (a % (uintptr_t)al) != 0)
+        al /= 2;
+    return al;
+}
+
+static int make_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld, int batch,
+                       int64_t stride, gp_err *e)
+{
+    CUBLAS(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, ld));
+    if (batch > 1) {
+        CUBLAS(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+        CUBLAS(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+/* Builds the descriptors and picks the algorithm for one shape. Row-major C = op(A) op(B) is
+ * computed as the column-major C^T = op(B)^T op(A)^T: cuBLAS's "A" is our B and vice versa. */
+static gemm_entry *prepare(gemm_ctx *g, const gemm_key *k, gp_err *e)
+{
+    for (int i = 0; i < g->n_cached; i++)
+        if (memcmp(&g->cache[i].key, k, sizeof *k) == 0)
+            return &g->cache[i];
+    if (g->n_cached == GEMM_CACHE) {
+        gp_fail(e, "cuBLASLt descriptor cache full (%d shapes)", GEMM_CACHE);
+        return NULL;
+    }
+    gemm_entry *en = &g->cache[g->n_cached];
+    memset(en, 0, sizeof *en);
+    en->key = *k;
+    cublasOperation_t op_a = k->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* on our B */
+    cublasOperation_t op_b = k->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* on our A */
+    cudaDataType_t ct = k->c_type == GEMM_F32 ? CUDA_R_32F : CUDA_R_16BF;
+    CUBLAS(cublasLtMatmulDescCreate(&en->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS(cublasLtMatmulDescSetAttribute(en->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    CUBLAS(cublasLtMatmulDescSetAttribute(en->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    /* cuBLAS A = our B: stored [K][N] row-major (= col-major N x K) or [N][K] when transposed. */
+    if (make_layout(&en->a, CUDA_R_16BF, k->trans_b ? k->K : k->N, k->trans_b ? k->N : k->K, k->ldb, k->batch,
+                    k->stride_b, e) != 0)
+        goto fail;
+    if (make_layout(&en->b, CUDA_R_16BF, k->trans_a ? k->M : k->K, k->trans_a ? k->K : k->M, k->lda, k->batch,
+                    k->stride_a, e) != 0)
+        goto fail;
+    if (make_layout(&en->c, ct, k->N, k->M, k->ldc, k->batch, k->stride_c, e) != 0)
+        goto fail;
+    cublasLtMatmulPreference_t pref;
+    CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    uint32_t al = (uint32_t)k->align;
+    size_t ws = g->workspace_bytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g->handle, en->op, en->a, en->b, en->c, en->c, pref, 1, &result,
+                                                       &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+        gp_fail(e, "cuBLASLt has no algorithm for C[%lld x %lld] = op(A) op(B), K = %lld, batch %d (%s)", (long long)k->M,
+                (long long)k->N, (long long)k->K, k->batch, gp_cublas_status_name(st));
+        goto fail;
+    }
+    en->algo = result.algo;
+    g->n_cached++;
+    return en;
+fail:
+    if (en->op)
+        cublasLtMatmulDescDestroy(en->op);
+    if (en->a)
+        cublasLtMatrixLayoutDestroy(en->a);
+    if (en->b)
+        cublasLtMatrixLayoutDestroy(en->b);
+    if (en->c)
+        cublasLtMatrixLayoutDestroy(en->c);
+    memset(en, 0, sizeof *en);
+    return NULL;
+}
+
+int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
+{
+    if (a->M == 0 || a->N == 0)
+        return 0;
+    gemm_key k;
+    memset(&k, 0, sizeof k);
+    k.trans_a = a->trans_a;
+    k.trans_b = a->trans_b;
+    k.c_type = a->c_type;
+    k.batch = a->batch > 0 ? a->batch : 1;
+    k.M = a->M;
+    k.N = a->N;
+    k.K = a->K;
+    k.lda = a->lda;
+    k.ldb = a->ldb;
+    k.ldc = a->ldc;
+    k.stride_a = a->stride_a;
+    k.stride_b = a->stride_b;
+    k.stride_c = a->stride_c;
+    k.beta_zero = a->beta == 0.0f;
+    k.align = alignment_of(a->A);
+    int al = alignment_of(a->B);
+    if (al < k.align)
+        k.align = al;
+    al = alignment_of(a->C);
+    if (al < k.align)
+        k.align = al;
+    gemm_entry *en = prepare(g, &k, e);
+    if (!en)
+        return -1;
+    CUBLAS(cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C, en->c, a->C, en->c,
+                          &en->algo, g->workspace, g->workspace_bytes, s));
+    return 0;
+fail:
+    return -1;
+}
+
+int gemm_linear_fwd(gemm_ctx *g, void *y, gemm_dtype y_type, const void *x, const void *w, int64_t rows, int64_t in,
+                    int64_t out, cudaStream_t s, gp_err *e)
+{
+    gemm_args a = {.trans_a = 0, .trans_b = 1, .M = rows, .N = out, .K = in, .A = x, .lda = in, .B = w, .ldb = in,
+                   .C = y, .ldc = out, .c_type = y_type, .alpha = 1.0f, .beta = 0.0f, .batch = 1};
+    return gemm_run(g, &a, s, e);
+}
+
+int gemm_linear_dgrad(gemm_ctx *g, void *dx, gemm_dtype dx_type, float beta, const void *dy, const void *w,
+                      int64_t rows, int64_t in, int64_t out, cudaStream_t s, gp_err *e)
+{
+    gemm_args a = {.trans_a = 0, .trans_b = 0, .M = rows, .N = in, .K = out, .A = dy, .lda = out, .B = w, .ldb = in,
+                   .C = dx, .ldc = in, .c_type = dx_type, .alpha = 1.0f, .beta = beta, .batch = 1};
+    return gemm_run(g, &a, s, e);
+}
+
+int gemm_linear_wgrad(gemm_ctx *g, float *dw, const void *dy, const void *x, int64_t rows, int64_t in, int64_t out,
+                      cudaStream_t s, gp_err *e)
+{
+    gemm_args a = {.trans_a = 1, .trans_b = 0, .M = out, .N = in, .K = rows, .A = dy, .lda = out, .B = x, .ldb = in,
+                   .C = dw, .ldc = in, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = 1};
+    return gemm_run(g, &a, s, e);
+}

@@ -1,0 +1,1106 @@
+#include "cuda/model_cuda.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_util.h"
+#include "cuda/gemm.h"
+#include "kernels.h"
+
+#define LOGIT_CHUNK_BYTES ((size_t)512 << 20) /* logits of one chunk of sequences, at most */
+#define GEMM_WORKSPACE ((size_t)32 << 20)
+
+typedef struct {
+    float *x; /* layer input, fp32 residual stream */
+    gp_bf16 *n1, *qkv, *att, *n2, *ab, *g;
+    float *rstd1, *lse, *h, *rstd2;
+} cu_layer;
+
+typedef struct {
+    int64_t wqkv, wo, w13, w2, attn_norm, ffn_norm; /* device dense offsets (elements) */
+} cu_layer_off;
+
+/* Per-micro-batch metadata, one pinned host block and its device mirror. */
+typedef struct {
+    int32_t *tok_item, *tok_cate, *tok_seg, *tok_pos, *seq_off, *seq_len;
+    int32_t *src_rows, *dst_rows, *item_lab, *cate_lab, *lab_ids, *neg_raw, *neg_row, *rank_rows, *click;
+    int32_t *query_rows, *target_item;
+} cu_meta;
+
+struct cuda_model {
+    const model_layout *l;
+    model_config c;
+    backend_opts opts;
+    int B, S, T, N, D, E, F, H, C, Cpad, L, chunk;
+    int B_cur; /* sequences in the current micro-batch */
+    cudaStream_t stream;
+    gemm_ctx *gemm;
+    size_t device_bytes;
+    /* parameters */
+    int64_t *dev_off; /* per canonical tensor: element offset in the device dense arena */
+    int64_t dense_n;
+    float *item, *item_g, *item_m, *item_v;
+    float *P, *G, *M, *V;
+    gp_bf16 *P16;
+    cu_layer_off *lo;
+    int64_t cate, seg, pre_lin, pre_norm, post_lin, post_norm, final_norm, r_w1, r_b1, r_w2, r_b2;
+    /* optimiser ranges (device arrays), scalars */
+    int n_ranges;
+    float **r_p, **r_g, **r_m, **r_v;
+    gp_bf16 **r_b16;
+    int64_t *r_len;
+    double *d_sumsq, *d_scratch, *d_sums;
+    /* activations */
+    void *act;
+    float *x0, *pre_rstd, **xs, *rstd_f, *hf, *post_lin_out, *post_rstd, *hp;
+    gp_bf16 *pn16, *o16, *f16, *hf16, *hp16;
+    cu_layer *layer;
+    /* heads */
+    float *Hg, *Hn, *Hnorm, *Le, *Ln, *Lnorm, *pos_logit, *d_pos, *Ne, *Nn, *Nnorm, *logits, *row_loss, *row_loss_c;
+    gp_bf16 *Hn16, *Nn16, *dlog16, *Cn16;
+    float *d_Hn, *d_H, *d_Ln, *d_Le, *d_Nn, *d_Ne, *Cn, *Cnorm, *d_Cn, *d_Cn_pre;
+    float *z1, *z, *prob, *r_loss, *dz, *d_r1, *d_r_in;
+    gp_bf16 *r_in16, *r1_16, *dz16, *d_z1_16;
+    float *r_in;
+    /* backward trunk */
+    float *d_hp, *d_post, *d_hf, *d_x, *d_h, *d_n, *d_pn, *d_x0, *norm_partial;
+    gp_bf16 *d_post16, *d_x16, *d_h16, *d_g16, *d_ab16, *d_att16, *d_qkv16;
+    /* ranking */
+    float *rank_table, *rank_norm, *rank_scores, *rank_target_score;
+    gp_bf16 *rank_table16, *rank_query16;
+    int64_t *rank_count;
+    int64_t rank_chunk;
+    /* scatter-add of embedding gradients */
+    k_scatter_plan scat;
+    void *scat_scratch;
+    /* metadata */
+    void *meta_host, *meta_dev;
+    size_t meta_bytes;
+    cu_meta mh, md;
+};
+
+/* ---- memory plan ------------------------------------------------------------------------ */
+
+static void *carve(char *base, size_t *cursor, size_t bytes)
+{
+    size_t at = (*cursor + 255) & ~(size_t)255;
+    *cursor = at + bytes;
+    return base ? base + at : NULL;
+}
+
+#define F32(n) ((size_t)(n) * sizeof(float))
+#define B16(n) ((size_t)(n) * sizeof(gp_bf16))
+#define I32(n) ((size_t)(n) * sizeof(int32_t))
+
+static size_t plan_activations(cuda_model *m, char *base)
+{
+    size_t c = 0;
+    const size_t T = (size_t)m->T, B = (size_t)m->B, S = (size_t)m->S, D = (size_t)m->D, E = (size_t)m->E;
+    const size_t F = (size_t)m->F, H = (size_t)m->H, N = (size_t)m->N, BS = B * S, BN = B * N;
+    const size_t C = (size_t)m->C, Cp = (size_t)m->Cpad;
+    m->x0 = carve(base, &c, F32(T * E));
+    m->pn16 = carve(base, &c, B16(T * E));
+    m->pre_rstd = carve(base, &c, F32(T));
+    for (int l = 0; l <= m->L; l++)
+        m->xs[l] = carve(base, &c, F32(T * D));
+    for (int l = 0; l < m->L; l++) {
+        cu_layer *a = &m->layer[l];
+        a->x = m->xs[l];
+        a->n1 = carve(base, &c, B16(T * D));
+        a->rstd1 = carve(base, &c, F32(T));
+        a->qkv = carve(base, &c, B16(T * 3 * D));
+        a->att = carve(base, &c, B16(T * D));
+        a->lse = carve(base, &c, F32(T * H));
+        a->h = carve(base, &c, F32(T * D));
+        a->n2 = carve(base, &c, B16(T * D));
+        a->rstd2 = carve(base, &c, F32(T));
+        a->ab = carve(base, &c, B16(T * 2 * F));
+        a->g = carve(base, &c, B16(T * F));
+    }
+    m->o16 = carve(base, &c, B16(T * D));
+    m->f16 = carve(base, &c, B16(T * D));
+    m->hf16 = carve(base, &c, B16(T * D));
+    m->rstd_f = carve(base, &c, F32(T));
+    m->hf = carve(base, &c, F32(T * D));
+    m->post_lin_out = carve(base, &c, F32(T * E));
+    m->post_rstd = carve(base, &c, F32(T));
+    m->hp16 = carve(base, &c, B16(T * E));
+    m->hp = carve(base, &c, F32(T * E));
+    /* heads on the padded [B][S] grid */
+    m->Hg = carve(base, &c, F32(BS * E));
+    m->Hn = carve(base, &c, F32(BS * E));
+    m->Hnorm = carve(base, &c, F32(BS));
+    m->Hn16 = carve(base, &c, B16(BS * E));
+    m->Le = carve(base, &c, F32(BS * E));
+    m->Ln = carve(base, &c, F32(BS * E));
+    m->Lnorm = carve(base, &c, F32(BS));
+    m->pos_logit = carve(base, &c, F32(BS));
+    m->d_pos = carve(base, &c, F32(BS));
+    m->Ne = carve(base, &c, F32(BN * E));
+    m->Nn = carve(base, &c, F32(BN * E));
+    m->Nnorm = carve(base, &c, F32(BN));
+    m->Nn16 = carve(base, &c, B16(BN * E));
+    size_t width = N > Cp ? N : Cp;
+    m->logits = carve(base, &c, F32((size_t)m->chunk * S * width));
+    m->dlog16 = carve(base, &c, B16((size_t)m->chunk * S * width));
+    m->row_loss = carve(base, &c, F32(BS));
+    m->row_loss_c = carve(base, &c, F32(BS));
+    m->d_Hn = carve(base, &c, F32(BS * E));
+    m->d_H = carve(base, &c, F32(BS * E));
+    m->d_Ln = carve(base, &c, F32(BS * E));
+    m->d_Le = carve(base, &c, F32(BS * E));
+    m->d_Nn = carve(base, &c, F32(BN * E));
+    m->d_Ne = carve(base, &c, F32(BN * E));
+    m->Cn = carve(base, &c, F32(C * E));
+    m->Cnorm = carve(base, &c, F32(C));
+    m->Cn16 = carve(base, &c, B16(Cp * E));
+    m->d_Cn = carve(base, &c, F32(Cp * E));
+    m->d_Cn_pre = carve(base, &c, F32(C * E));
+    /* rank head */
+    m->r_in = carve(base, &c, F32(B * D));
+    m->r_in16 = carve(base, &c, B16(B * D));
+    m->z1 = carve(base, &c, F32(B * 4 * D));
+    m->r1_16 = carve(base, &c, B16(B * 4 * D));
+    m->z = carve(base, &c, F32(B));
+    m->prob = carve(base, &c, F32(B));
+    m->r_loss = carve(base, &c, F32(B));
+    m->dz = carve(base, &c, F32(B));
+    m->dz16 = carve(base, &c, B16(B));
+    m->d_r1 = carve(base, &c, F32(B * 4 * D));
+    m->d_z1_16 = carve(base, &c, B16(B * 4 * D));
+    m->d_r_in = carve(base, &c, F32(B * D));
+    /* backward trunk; d_hp/d_hf have one scratch row per padded head slot after the T real rows */
+    m->d_hp = carve(base, &c, F32((T + BS) * E));
+    m->d_post = carve(base, &c, F32(T * E));
+    m->d_post16 = carve(base, &c, B16(T * E));
+    m->d_hf = carve(base, &c, F32((T + BS) * D));
+    m->d_x = carve(base, &c, F32(T * D));
+    m->d_h = carve(base, &c, F32(T * D));
+    m->d_n = carve(base, &c, F32(T * D));
+    m->d_pn = carve(base, &c, F32(T * E));
+    m->d_x0 = carve(base, &c, F32(T * E));
+    m->d_x16 = carve(base, &c, B16(T * D));
+    m->d_h16 = carve(base, &c, B16(T * D));
+    m->d_g16 = carve(base, &c, B16(T * F));
+    m->d_ab16 = carve(base, &c, B16(T * 2 * F));
+    m->d_att16 = carve(base, &c, B16(T * D));
+    m->d_qkv16 = carve(base, &c, B16(T * 3 * D));
+    int64_t partial = k_rmsnorm_bwd_partial_floats((int64_t)T, (int)(D > E ? D : E));
+    m->norm_partial = carve(base, &c, F32((size_t)partial));
+    return c;
+}
+
+/* Device dense arena order: per block wq|wk|wv, wo, w1|w3, w2, then the norms; other tensors
+ * in canonical order. Every tensor starts at a multiple of 128 elements (256-byte bf16 rows). */
+static void plan_parameters(cuda_model *m)
+{
+    const model_layout *l = m->l;
+    int64_t cursor = 0;
+#define PLACE(canon_off, numel) (cursor = (cursor + 127) & ~(int64_t)127, cursor += (numel), cursor - (numel))
+    m->dev_off = gp_xcalloc((size_t)l->n_tensors, sizeof *m->dev_off);
+    const model_config *c = &m->c;
+    const int64_t D = c->dim, F = c->ffn_hidden;
+    for (int t = 0; t < l->n_tensors; t++) {
+        const tensor_info *ti = &l->tensors[t];
+        if (ti->arena == ARENA_SPARSE || strncmp(ti->name, "layers.", 7) == 0)
+            continue;
+        m->dev_off[t] = PLACE(ti->offset, ti->numel);
+    }
+    m->lo = gp_xcalloc((size_t)(c->n_layers > 0 ? c->n_layers : 1), sizeof *m->lo);
+    for (int li = 0; li < c->n_layers; li++) {
+        cu_layer_off *o = &m->lo[li];
+        o->wqkv = PLACE(0, 3 * D * D);
+        o->wo = PLACE(0, D * D);
+        o->w13 = PLACE(0, 2 * F * D);
+        o->w2 = PLACE(0, D * F);
+        o->attn_norm = PLACE(0, D);
+        o->ffn_norm = PLACE(0, D);
+    }
+#undef PLACE
+    m->dense_n = (cursor + 127) & ~(int64_t)127;
+    /* Map the canonical block tensors onto those slots. */
+    for (int t = 0; t < l->n_tensors; t++) {
+        const tensor_info *ti = &l->tensors[t];
+        int li;
+        char part[64];
+        if (sscanf(ti->name, "layers.%d.%63s", &li, part) != 2)
+            continue;
+        const cu_layer_off *o = &m->lo[li];
+        if (strcmp(part, "attention.wq.weight") == 0)
+            m->dev_off[t] = o->wqkv;
+        else if (strcmp(part, "attention.wk.weight") == 0)
+            m->dev_off[t] = o->wqkv + D * D;
+        else if (strcmp(part, "attention.wv.weight") == 0)
+            m->dev_off[t] = o->wqkv + 2 * D * D;
+        else if (strcmp(part, "attention.wo.weight") == 0)
+            m->dev_off[t] = o->wo;
+        else if (strcmp(part, "feed_forward.w1.weight") == 0)
+            m->dev_off[t] = o->w13;
+        else if (strcmp(part, "feed_forward.w3.weight") == 0)
+            m->dev_off[t] = o->w13 + F * D;
+        else if (strcmp(part, "feed_forward.w2.weight") == 0)
+            m->dev_off[t] = o->w2;
+        else if (strcmp(part, "attention_norm.weight") == 0)
+            m->dev_off[t] = o->attn_norm;
+        else if (strcmp(part, "ffn_norm.weight") == 0)
+            m->dev_off[t] = o->ffn_norm;
+    }
+    for (int t = 0; t < l->n_tensors; t++) {
+        int64_t off = l->tensors[t].offset;
+        if (off == l->cate_emb) m->cate = m->dev_off[t];
+        if (off == l->seg_emb) m->seg = m->dev_off[t];
+        if (off == l->pre_linear) m->pre_lin = m->dev_off[t];
+        if (off == l->pre_norm) m->pre_norm = m->dev_off[t];
+        if (off == l->post_linear) m->post_lin = m->dev_off[t];
+        if (off == l->post_norm) m->post_norm = m->dev_off[t];
+        if (off == l->final_norm) m->final_norm = m->dev_off[t];
+        if (off == l->rank_w1) m->r_w1 = m->dev_off[t];
+        if (off == l->rank_b1) m->r_b1 = m->dev_off[t];
+        if (off == l->rank_w2) m->r_w2 = m->dev_off[t];
+        if (off == l->rank_b2) m->r_b2 = m->dev_off[t];
+    }
+}
+
+static size_t plan_meta(cuda_model *m, char *base, cu_meta *mt)
+{
+    size_t c = 0;
+    const size_t T = (size_t)m->T, B = (size_t)m->B, BS = B * (size_t)m->S, BN = B * (size_t)(m->N > 0 ? m->N : 1);
+    mt->tok_item = carve(base, &c, I32(T));
+    mt->tok_cate = carve(base, &c, I32(T));
+    mt->tok_seg = carve(base, &c, I32(T));
+    mt->tok_pos = carve(base, &c, I32(T));
+    mt->seq_off = carve(base, &c, I32(B));
+    mt->seq_len = carve(base, &c, I32(B));
+    mt->src_rows = carve(base, &c, I32(BS));
+    mt->dst_rows = carve(base, &c, I32(BS));
+    mt->item_lab = carve(base, &c, I32(BS));
+    mt->cate_lab = carve(base, &c, I32(BS));
+    mt->lab_ids = carve(base, &c, I32(BS));
+    mt->neg_raw = carve(base, &c, I32(BN));
+    mt->neg_row = carve(base, &c, I32(BN));
+    mt->rank_rows = carve(base, &c, I32(B));
+    mt->click = carve(base, &c, I32(B));
+    mt->query_rows = carve(base, &c, I32(B));
+    mt->target_item = carve(base, &c, I32(B));
+    return c;
+}
+
+static int build_ranges(cuda_model *m, gp_err *e)
+{
+    const model_layout *l = m->l;
+    int n = 0;
+    float **hp = gp_xcalloc((size_t)l->n_tensors, sizeof *hp), **hg = gp_xcalloc((size_t)l->n_tensors, sizeof *hg);
+    float **hm = gp_xcalloc((size_t)l->n_tensors, sizeof *hm), **hv = gp_xcalloc((size_t)l->n_tensors, sizeof *hv);
+    gp_bf16 **hb = gp_xcalloc((size_t)l->n_tensors, sizeof *hb);
+    int64_t *hl = gp_xcalloc((size_t)l->n_tensors, sizeof *hl);
+    for (int t = 0; t < l->n_tensors; t++) {
+        if (!model_tensor_trained(l, t, m->opts.freeze_sparse))
+            continue;
+        const tensor_info *ti = &l->tensors[t];
+        if (ti->arena == ARENA_SPARSE) {
+            hp[n] = m->item;
+            hg[n] = m->item_g;
+            hm[n] = m->item_m;
+            hv[n] = m->item_v;
+            hb[n] = NULL;
+        } else {
+            int64_t o = m->dev_off[t];
+            hp[n] = m->P + o;
+            hg[n] = m->G + o;
+            hm[n] = m->M + o;
+            hv[n] = m->V + o;
+            hb[n] = m->P16 + o;
+        }
+        hl[n] = ti->numel;
+        n++;
+    }
+    m->n_ranges = n;
+    size_t np = (size_t)(n ? n : 1) * sizeof(void *);
+    CU(cudaMalloc((void **)&m->r_p, np));
+    CU(cudaMalloc((void **)&m->r_g, np));
+    CU(cudaMalloc((void **)&m->r_m, np));
+    CU(cudaMalloc((void **)&m->r_v, np));
+    CU(cudaMalloc((void **)&m->r_b16, np));
+    CU(cudaMalloc((void **)&m->r_len, (size_t)(n ? n : 1) * sizeof(int64_t)));
+    CU(cudaMemcpy(m->r_p, hp, (size_t)n * sizeof(void *), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(m->r_g, hg, (size_t)n * sizeof(void *), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(m->r_m, hm, (size_t)n * sizeof(void *), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(m->r_v, hv, (size_t)n * sizeof(void *), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(m->r_b16, hb, (size_t)n * sizeof(void *), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(m->r_len, hl, (size_t)n * sizeof(int64_t), cudaMemcpyHostToDevice));
+    free(hp);
+    free(hg);
+    free(hm);
+    free(hv);
+    free(hb);
+    free(hl);
+    return 0;
+fail:
+    free(hp);
+    free(hg);
+    free(hm);
+    free(hv);
+    free(hb);
+    free(hl);
+    return -1;
+}
+
+static int dev_alloc(cuda_model *m, void **p, size_t bytes, const char *what, gp_err *e)
+{
+    cudaError_t err = cudaMalloc(p, bytes ? bytes : 256);
+    if (err != cudaSuccess) {
+        char buf[32];
+        *p = NULL;
+        return gp_fail(e, "cannot allocate %s of GPU memory for %s (%zu already held): %s",
+                       gp_fmt_bytes((double)bytes, buf, sizeof buf), what, m->device_bytes, cudaGetErrorString(err));
+    }
+    m->device_bytes += bytes;
+    err = cudaMemset(*p, 0, bytes ? bytes : 256);
+    if (err != cudaSuccess)
+        return gp_fail(e, "cudaMemset of %s: %s", what, cudaGetErrorString(err));
+    return 0;
+}
+
+cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, gp_err *e)
+{
+    cuda_model *m = gp_xcalloc(1, sizeof *m);
+    m->l = l;
+    m->c = l->cfg;
+    m->opts = *opts;
+    const model_config *c = &m->c;
+    if (c->dim % 8 != 0 || c->emb_dim % 8 != 0) {
+        gp_fail(e, "the CUDA backend needs dim and embedding_dim to be multiples of 8 (got %d and %d)", c->dim,
+                c->emb_dim);
+        free(m);
+        return NULL;
+    }
+    if (c->head_dim != 8 && c->head_dim != 16 && c->head_dim != 32 && c->head_dim != 64) {
+        gp_fail(e, "the CUDA backend supports head_dim 8, 16, 32 or 64 (dim / n_heads = %d)", c->head_dim);
+        free(m);
+        return NULL;
+    }
+    if (c->max_history + 1 > K_ATTN_MAX_LEN) {
+        gp_fail(e, "the CUDA backend supports sequences up to %d positions (max_history = %d)", K_ATTN_MAX_LEN - 1,
+                c->max_history);
+        free(m);
+        return NULL;
+    }
+    m->B = opts->max_batch;
+    m->S = c->max_history;
+    m->T = m->B * (m->S + 1);
+    m->N = c->w_item > 0 ? c->n_negatives : 0;
+    m->D = c->dim;
+    m->E = c->emb_dim;
+    m->F = c->ffn_hidden;
+    m->H = c->n_heads;
+    m->C = (int)c->n_cates;
+    m->Cpad = (m->C + 7) & ~7;
+    m->L = c->n_layers;
+    size_t width = (size_t)(m->N > m->Cpad ? m->N : m->Cpad);
+    size_t per_seq = (size_t)m->S * width * (sizeof(float) + sizeof(gp_bf16));
+    m->chunk = (int)GP_MAX(1, GP_MIN((size_t)m->B, LOGIT_CHUNK_BYTES / (per_seq ? per_seq : 1)));
+    m->xs = gp_xcalloc((size_t)m->L + 1, sizeof *m->xs);
+    m->layer = gp_xcalloc((size_t)(m->L > 0 ? m->L : 1), sizeof *m->layer);
+    plan_parameters(m);
+
+    CU(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+    m->gemm = gemm_create(GEMM_WORKSPACE, e);
+    if (!m->gemm)
+        goto fail;
+    m->device_bytes += GEMM_WORKSPACE;
+    size_t ns = (size_t)l->sparse_numel, nd = (size_t)m->dense_n;
+    if (dev_alloc(m, (void **)&m->item, F32(ns), "the item table", e) ||
+        dev_alloc(m, (void **)&m->P, F32(nd), "dense parameters", e) ||
+        dev_alloc(m, (void **)&m->P16, B16(nd), "bf16 parameter copies", e) ||
+        dev_alloc(m, (void **)&m->G, F32(nd), "dense gradients", e) ||
+        dev_alloc(m, (void **)&m->M, F32(nd), "AdamW moments", e) ||
+        dev_alloc(m, (void **)&m->V, F32(nd), "AdamW moments", e))
+        goto fail;
+    if (!opts->freeze_sparse &&
+        (dev_alloc(m, (void **)&m->item_g, F32(ns), "item table gradients", e) ||
+         dev_alloc(m, (void **)&m->item_m, F32(ns), "item table AdamW moments", e) ||
+         dev_alloc(m, (void **)&m->item_v, F32(ns), "item table AdamW moments", e)))
+        goto fail;
+    if (dev_alloc(m, (void **)&m->d_sumsq, sizeof(double), "the gradient norm", e) ||
+        dev_alloc(m, (void **)&m->d_sums, 4 * sizeof(double), "loss sums", e) ||
+        dev_alloc(m, (void **)&m->d_scratch, K_REDUCE_SCRATCH * sizeof(double), "reduction scratch", e))
+        goto fail;
+    size_t act = plan_activations(m, NULL);
+    if (dev_alloc(m, &m->act, act, "activations", e))
+        goto fail;
+    plan_activations(m, m->act);
+    m->meta_bytes = plan_meta(m, NULL, &m->mh);
+    CU(cudaMallocHost(&m->meta_host, m->meta_bytes));
+    if (dev_alloc(m, &m->meta_dev, m->meta_bytes, "batch metadata", e))
+        goto fail;
+    plan_meta(m, m->meta_host, &m->mh);
+    plan_meta(m, m->meta_dev, &m->md);
+    /* The largest scatter: the negatives (B*N rows) or the tokens (T rows). */
+    int64_t max_rows = GP_MAX((int64_t)m->T, (int64_t)m->B * GP_MAX(m->N, m->S));
+    CU(k_scatter_plan_init(&m->scat, max_rows, GP_MAX(c->n_items, c->n_cates)));
+    if (dev_alloc(m, &m->scat_scratch, m->scat.scratch_bytes, "scatter-add scratch", e))
+        goto fail;
+    if (build_ranges(m, e) != 0)
+        goto fail;
+    return m;
+fail:
+    cuda_model_destroy(m);
+    return NULL;
+}
+
+void cuda_model_destroy(cuda_model *m)
+{
+    if (!m)
+        return;
+    void *bufs[] = {m->item, m->item_g, m->item_m, m->item_v, m->P, m->P16, m->G, m->M, m->V, m->d_sumsq, m->d_sums,
+                    m->d_scratch, m->act, m->meta_dev, m->scat_scratch, m->r_p, m->r_g, m->r_m, m->r_v, m->r_b16,
+                    m->r_len, m->rank_table, m->rank_norm, m->rank_scores, m->rank_target_score, m->rank_table16,
+                    m->rank_query16, m->rank_count};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            cudaFree(bufs[i]);
+    if (m->meta_host)
+        cudaFreeHost(m->meta_host);
+    gemm_destroy(m->gemm);
+    if (m->stream)
+        cudaStreamDestroy(m->stream);
+    free(m->dev_off);
+    free(m->lo);
+    free(m->xs);
+    free(m->layer);
+    free(m);
+}
+
+size_t cuda_model_device_bytes(const cuda_model *m) { return m->device_bytes; }
+
+/* ---- parameters and state in the canonical layout -------------------------------------- */
+
+static int copy_dense(cuda_model *m, float *dev, const float *host_canon, float *host_out, gp_err *e)
+{
+    const model_layout *l = m->l;
+    for (int t = 0; t < l->n_tensors; t++) {
+        const tensor_info *ti = &l->tensors[t];
+        if (ti->arena == ARENA_SPARSE)
+            continue;
+        if (host_canon)
+            CU(cudaMemcpy(dev + m->dev_off[t], host_canon + ti->offset, F32(ti->numel), cudaMemcpyHostToDevice));
+        else
+            CU(cudaMemcpy(host_out + ti->offset, dev + m->dev_off[t], F32(ti->numel), cudaMemcpyDeviceToHost));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_set_params(cuda_model *m, const float *sparse, const float *dense, gp_err *e)
+{
+    CU(cudaMemcpy(m->item, sparse, F32(m->l->sparse_numel), cudaMemcpyHostToDevice));
+    if (copy_dense(m, m->P, dense, NULL, e) != 0)
+        return -1;
+    CU(k_f32_to_bf16(m->P16, m->P, m->dense_n, m->stream));
+    CU(cudaStreamSynchronize(m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_get_params(cuda_model *m, float *sparse, float *dense, gp_err *e)
+{
+    CU(cudaStreamSynchronize(m->stream));
+    if (sparse)
+        CU(cudaMemcpy(sparse, m->item, F32(m->l->sparse_numel), cudaMemcpyDeviceToHost));
+    if (dense && copy_dense(m, m->P, NULL, dense, e) != 0)
+        return -1;
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_get_grads(cuda_model *m, float *sparse, float *dense, gp_err *e)
+{
+    CU(cudaStreamSynchronize(m->stream));
+    if (sparse) {
+        if (m->item_g)
+            CU(cudaMemcpy(sparse, m->item_g, F32(m->l->sparse_numel), cudaMemcpyDeviceToHost));
+        else
+            memset(sparse, 0, F32(m->l->sparse_numel));
+    }
+    if (dense && copy_dense(m, m->G, NULL, dense, e) != 0)
+        return -1;
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_zero_grads(cuda_model *m, gp_err *e)
+{
+    CU(cudaMemsetAsync(m->G, 0, F32(m->dense_n), m->stream));
+    if (m->item_g)
+        CU(cudaMemsetAsync(m->item_g, 0, F32(m->l->sparse_numel), m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_get_optim_state(cuda_model *m, float *m_sparse, float *v_sparse, float *m_dense, float *v_dense,
+                               gp_err *e)
+{
+    CU(cudaStreamSynchronize(m->stream));
+    size_t ns = F32(m->l->sparse_numel);
+    if (m_sparse && m->item_m)
+        CU(cudaMemcpy(m_sparse, m->item_m, ns, cudaMemcpyDeviceToHost));
+    if (v_sparse && m->item_v)
+        CU(cudaMemcpy(v_sparse, m->item_v, ns, cudaMemcpyDeviceToHost));
+    if (m_dense && copy_dense(m, m->M, NULL, m_dense, e) != 0)
+        return -1;
+    if (v_dense && copy_dense(m, m->V, NULL, v_dense, e) != 0)
+        return -1;
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_set_optim_state(cuda_model *m, const float *m_sparse, const float *v_sparse, const float *m_dense,
+                               const float *v_dense, gp_err *e)
+{
+    size_t ns = F32(m->l->sparse_numel);
+    if (m_sparse && m->item_m)
+        CU(cudaMemcpy(m->item_m, m_sparse, ns, cudaMemcpyHostToDevice));
+    if (v_sparse && m->item_v)
+        CU(cudaMemcpy(m->item_v, v_sparse, ns, cudaMemcpyHostToDevice));
+    if (m_dense && copy_dense(m, m->M, m_dense, NULL, e) != 0)
+        return -1;
+    if (v_dense && copy_dense(m, m->V, v_dense, NULL, e) != 0)
+        return -1;
+    return 0;
+fail:
+    return -1;
+}
+
+/* ---- one micro-batch -------------------------------------------------------------------- */
+
+typedef struct {
+    int T, P_item, P_cate, rank_count;
+} batch_shape;
+
+/* Packs the batch's metadata on the host (validating every id) and uploads it in one copy. */
+static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shape *bs, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const int S = m->S, N = m->N;
+    if (x->B > m->B)
+        return gp_fail(e, "micro-batch of %d sequences exceeds the planned %d", x->B, m->B);
+    if (x->S != S)
+        return gp_fail(e, "batch has %d history slots, the model %d", x->S, S);
+    if (need_item && x->N != c->n_negatives)
+        return gp_fail(e, "batch has %d negatives per sequence, the model %d", x->N, c->n_negatives);
+    cu_meta *h = &m->mh;
+    int T = 0;
+    bs->P_item = bs->P_cate = bs->rank_count = 0;
+    for (int b = 0; b < x->B; b++) {
+        int n = x->hist_len[b];
+        if (n < 1 || n > S)
+            return gp_fail(e, "sequence %d: history length %d outside [1, %d]", b, n, S);
+        h->seq_off[b] = T;
+        h->seq_len[b] = n + 1;
+        for (int t = 0; t <= n; t++) {
+            int32_t item = t < n ? x->hist_item[(size_t)b * S + t] : x->target_item[b];
+            int32_t cate = t < n ? x->hist_cate[(size_t)b * S + t] : x->target_cate[b];
+            if (item < 0 || item >= c->n_items)
+                return gp_fail(e, "sequence %d position %d: item id %d outside [0, %lld)", b, t, item,
+                               (long long)c->n_items);
+            if (cate < 0 || cate >= c->n_cates)
+                return gp_fail(e, "sequence %d position %d: category id %d outside [0, %lld)", b, t, cate,
+                               (long long)c->n_cates);
+            h->tok_item[T + t] = item;
+            h->tok_cate[T + t] = cate;
+            h->tok_seg[T + t] = t == n;
+            h->tok_pos[T + t] = t;
+        }
+        for (int k = 0; k < S; k++) {
+            size_t r = (size_t)b * S + k;
+            int32_t yi = x->item_label[r], yc = x->cate_label[r];
+            if ((yi != LABEL_IGNORE || yc != LABEL_IGNORE) && k >= n)
+                return gp_fail(e, "sequence %d: label at position %d beyond its history of %d", b, k, n);
+            if (yi != LABEL_IGNORE && (yi < 0 || yi >= c->n_items))
+                return gp_fail(e, "sequence %d position %d: item label %d outside [0, %lld)", b, k, yi,
+                               (long long)c->n_items);
+            if (yc != LABEL_IGNORE && (yc < 0 || yc >= c->n_cates))
+                return gp_fail(e, "sequence %d position %d: category label %d outside [0, %lld)", b, k, yc,
+                               (long long)c->n_cates);
+            h->src_rows[r] = T + (k < n ? k : 0);
+            /* Padded slots scatter their (zero) gradients into their own scratch rows after the
+             * T real rows, so every destination row is distinct. */
+            h->dst_rows[r] = k < n ? T + k : m->T + (int32_t)r;
+            h->item_lab[r] = yi;
+            h->cate_lab[r] = yc;
+            h->lab_ids[r] = yi == LABEL_IGNORE ? 0 : yi;
+            bs->P_item += yi != LABEL_IGNORE;
+            bs->P_cate += yc != LABEL_IGNORE;
+        }
+        h->rank_rows[b] = T + n;
+        h->query_rows[b] = T + n - 1;
+        h->target_item[b] = x->target_item[b];
+        h->click[b] = x->click[b];
+        bs->rank_count += x->click[b] == 0 || x->click[b] == 1;
+        T += n + 1;
+    }
+    /* Slots of sequences beyond x->B (a short last batch) carry no labels. */
+    for (size_t r = (size_t)x->B * S; r < (size_t)m->B * S; r++) {
+        h->src_rows[r] = 0;
+        h->dst_rows[r] = m->T + (int32_t)r;
+        h->item_lab[r] = h->cate_lab[r] = LABEL_IGNORE;
+        h->lab_ids[r] = 0;
+    }
+    if (need_item) {
+        for (int64_t i = 0; i < (int64_t)x->B * N; i++) {
+            int32_t id = x->negatives[i];
+            if (id < -c->n_items || id >= c->n_items)
+                return gp_fail(e, "sequence %lld: negative id %d outside [-%lld, %lld)", (long long)(i / N), id,
+                               (long long)c->n_items, (long long)c->n_items);
+            h->neg_raw[i] = id;
+            h->neg_row[i] = id < 0 ? (int32_t)(id + c->n_items) : id;
+        }
+    }
+    bs->T = T;
+    m->B_cur = x->B;
+    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
+/* Embeddings, blocks, final norm and output projector. */
+static int forward_trunk(cuda_model *m, int T, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const int D = m->D, E = m->E, F = m->F, H = m->H, hd = c->head_dim;
+    cudaStream_t s = m->stream;
+    const cu_meta *md = &m->md;
+    float *emb_out = c->projected ? m->x0 : m->xs[0];
+    CU(k_embed_fwd(emb_out, NULL, m->item, m->P + m->cate, m->P + m->seg, md->tok_item, md->tok_cate, md->tok_seg, T, E,
+                   s));
+    if (c->projected) {
+        CU(k_residual_rmsnorm_fwd(NULL, m->pn16, m->pre_rstd, m->x0, NULL, m->P + m->pre_norm, T, E, c->proj_eps, s));
+        if (gemm_linear_fwd(m->gemm, m->xs[0], GEMM_F32, m->pn16, m->P16 + m->pre_lin, T, E, D, s, e) != 0)
+            return -1;
+    }
+    for (int li = 0; li < m->L; li++) {
+        cu_layer *a = &m->layer[li];
+        const cu_layer_off *o = &m->lo[li];
+        /* x_li = h_{li-1} + f_{li-1}, fused with this block's attention norm */
+        if (li == 0)
+            CU(k_residual_rmsnorm_fwd(NULL, a->n1, a->rstd1, a->x, NULL, m->P + o->attn_norm, T, D, c->norm_eps, s));
+        else
+            CU(k_residual_rmsnorm_fwd(a->x, a->n1, a->rstd1, m->layer[li - 1].h, m->f16, m->P + o->attn_norm, T, D,
+                                      c->norm_eps, s));
+        if (gemm_linear_fwd(m->gemm, a->qkv, GEMM_BF16, a->n1, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
+            return -1;
+        CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
+        CU(k_attention_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal, s));
+        if (gemm_linear_fwd(m->gemm, m->o16, GEMM_BF16, a->att, m->P16 + o->wo, T, D, D, s, e) != 0)
+            return -1;
+        CU(k_residual_rmsnorm_fwd(a->h, a->n2, a->rstd2, a->x, m->o16, m->P + o->ffn_norm, T, D, c->norm_eps, s));
+        if (gemm_linear_fwd(m->gemm, a->ab, GEMM_BF16, a->n2, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
+            return -1;
+        CU(k_swiglu_fwd(a->g, a->ab, T, F, s));
+        if (gemm_linear_fwd(m->gemm, m->f16, GEMM_BF16, a->g, m->P16 + o->w2, T, F, D, s, e) != 0)
+            return -1;
+    }
+    if (m->L == 0)
+        CU(k_residual_rmsnorm_fwd(NULL, m->hf16, m->rstd_f, m->xs[0], NULL, m->P + m->final_norm, T, D, c->norm_eps, s));
+    else
+        CU(k_residual_rmsnorm_fwd(m->xs[m->L], m->hf16, m->rstd_f, m->layer[m->L - 1].h, m->f16, m->P + m->final_norm,
+                                  T, D, c->norm_eps, s));
+    CU(k_bf16_to_f32(m->hf, m->hf16, (int64_t)T * D, s));
+    if (c->projected) {
+        if (gemm_linear_fwd(m->gemm, m->post_lin_out, GEMM_F32, m->hf16, m->P16 + m->post_lin, T, D, E, s, e) != 0)
+            return -1;
+        CU(k_residual_rmsnorm_fwd(NULL, m->hp16, m->post_rstd, m->post_lin_out, NULL, m->P + m->post_norm, T, E,
+                                  c->proj_eps, s));
+        CU(k_bf16_to_f32(m->hp, m->hp16, (int64_t)T * E, s));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+/* L2 normalisation (or a plain copy when the model has l2_norm off), with optional bf16 copy. */
+static int normalise(cuda_model *m, float *out, gp_bf16 *out16, float *norm, const float *in, int64_t rows, gp_err *e)
+{
+    const model_config *c = &m->c;
+    if (c->l2_norm) {
+        CU(k_l2norm_fwd(out, out16, norm, in, rows, m->E, c->l2_eps, m->stream));
+    } else {
+        CU(cudaMemcpyAsync(out, in, F32(rows * m->E), cudaMemcpyDeviceToDevice, m->stream));
+        if (out16)
+            CU(k_f32_to_bf16(out16, out, rows * m->E, m->stream));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+static int normalise_bwd(cuda_model *m, float *d_in, const float *d_out, const float *out, const float *norm,
+                         int64_t rows, int accumulate, gp_err *e)
+{
+    const model_config *c = &m->c;
+    if (c->l2_norm) {
+        CU(k_l2norm_bwd(d_in, d_out, out, norm, rows, m->E, c->l2_eps, accumulate, m->stream));
+    } else if (accumulate) {
+        /* out = in: d_in += d_out is a row add over every row. */
+        return gp_fail(e, "l2_norm = false with an accumulating normalisation backward is not supported on CUDA");
+    } else {
+        CU(cudaMemcpyAsync(d_in, d_out, F32(rows * m->E), cudaMemcpyDeviceToDevice, m->stream));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+static int read_sums(cuda_model *m, double *h, int n, gp_err *e)
+{
+    CU(cudaMemcpyAsync(h, m->d_sums, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost, m->stream));
+    CU(cudaStreamSynchronize(m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
+/* The item and category heads on the padded [B][S] grid, forward and (optionally) backward. */
+static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const cu_meta *md = &m->md;
+    cudaStream_t s = m->stream;
+    const int S = m->S, E = m->E, N = m->N, Bc = m->B_cur;
+    const int64_t BS = (int64_t)Bc * S, BN = (int64_t)Bc * N;
+    const float inv_temp = 1.0f / c->temperature;
+    const int item_on = c->w_item > 0 && bs->P_item > 0, cate_on = c->w_cate > 0 && bs->P_cate > 0;
+    if (!item_on && !cate_on)
+        return 0;
+    const float *hp = c->projected ? m->hp : m->hf;
+    CU(k_gather_rows(m->Hg, NULL, hp, md->src_rows, BS, E, s));
+    if (normalise(m, m->Hn, m->Hn16, m->Hnorm, m->Hg, BS, e) != 0)
+        return -1;
+    if (backward)
+        CU(cudaMemsetAsync(m->d_Hn, 0, F32(BS * E), s));
+    if (item_on) {
+        CU(k_gather_rows(m->Le, NULL, m->item, md->lab_ids, BS, E, s));
+        if (normalise(m, m->Ln, NULL, m->Lnorm, m->Le, BS, e) != 0)
+            return -1;
+        CU(k_row_dot(m->pos_logit, m->Hn, m->Ln, BS, E, inv_temp, s));
+        CU(k_gather_rows(m->Ne, NULL, m->item, md->neg_row, BN, E, s));
+        if (normalise(m, m->Nn, m->Nn16, m->Nnorm, m->Ne, BN, e) != 0)
+            return -1;
+        const float scale = grad_scale * c->w_item / (float)bs->P_item * inv_temp;
+        for (int b0 = 0; b0 < Bc; b0 += m->chunk) {
+            int cb = GP_MIN(m->chunk, Bc - b0);
+            gemm_args g = {.trans_a = 0, .trans_b = 1, .M = S, .N = N, .K = E, .A = m->Hn16 + (size_t)b0 * S * E,
+                           .lda = E, .stride_a = (int64_t)S * E, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,
+                           .stride_b = (int64_t)N * E, .C = m->logits, .ldc = N, .stride_c = (int64_t)S * N,
+                           .c_type = GEMM_F32, .alpha = inv_temp, .beta = 0.0f, .batch = cb};
+            if (gemm_run(m->gemm, &g, s, e) != 0)
+                return -1;
+            CU(k_sampled_softmax_rows(m->row_loss + (size_t)b0 * S, m->dlog16, m->d_pos + (size_t)b0 * S, m->logits,
+                                      m->pos_logit + (size_t)b0 * S, md->item_lab + (size_t)b0 * S,
+                                      md->neg_raw + (size_t)b0 * N, (int64_t)cb * S, S, N, N, inv_temp, c->logq,
+                                      scale, s));
+            if (!backward)
+                continue;
+            gemm_args dh = {.trans_a = 0, .trans_b = 0, .M = S, .N = E, .K = N, .A = m->dlog16, .lda = N,
+                            .stride_a = (int64_t)S * N, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,
+                            .stride_b = (int64_t)N * E, .C = m->d_Hn + (size_t)b0 * S * E, .ldc = E,
+                            .stride_c = (int64_t)S * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = cb};
+            gemm_args dn = {.trans_a = 1, .trans_b = 0, .M = N, .N = E, .K = S, .A = m->dlog16, .lda = N,
+                            .stride_a = (int64_t)S * N, .B = m->Hn16 + (size_t)b0 * S * E, .ldb = E,
+                            .stride_b = (int64_t)S * E, .C = m->d_Nn + (size_t)b0 * N * E, .ldc = E,
+                            .stride_c = (int64_t)N * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = cb};
+            if (gemm_run(m->gemm, &dh, s, e) != 0 || gemm_run(m->gemm, &dn, s, e) != 0)
+                return -1;
+        }
+        CU(k_sum(m->d_sums + 0, m->row_loss, BS, m->d_scratch, s));
+        if (backward) {
+            CU(k_row_dot_bwd(m->d_Hn, m->d_Ln, m->d_pos, m->Hn, m->Ln, BS, E, 0, s));
+            if (m->item_g) {
+                if (normalise_bwd(m, m->d_Le, m->d_Ln, m->Ln, m->Lnorm, BS, 0, e) != 0)
+                    return -1;
+                CU(k_scatter_add_rows(m->item_g, m->d_Le, md->lab_ids, BS, E, NULL, &m->scat, m->scat_scratch, s));
+                if (normalise_bwd(m, m->d_Ne, m->d_Nn, m->Nn, m->Nnorm, BN, 0, e) != 0)
+                    return -1;
+                CU(k_scatter_add_rows(m->item_g, m->d_Ne, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch, s));
+            }
+        }
+    }
+    if (cate_on) {
+        const int C = m->C, Cp = m->Cpad;
+        if (normalise(m, m->Cn, m->Cn16, m->Cnorm, m->P + m->cate, C, e) != 0)
+            return -1;
+        const float scale = grad_scale * c->w_cate / (float)bs->P_cate * inv_temp;
+        if (backward)
+            CU(cudaMemsetAsync(m->d_Cn, 0, F32((size_t)Cp * E), s));
+        const int rows_per_chunk = m->chunk * S;
+        for (int64_t r0 = 0; r0 < BS; r0 += rows_per_chunk) {
+            int64_t rows = GP_MIN((int64_t)rows_per_chunk, BS - r0);
+            gemm_args g = {.trans_a = 0, .trans_b = 1, .M = rows, .N = Cp, .K = E, .A = m->Hn16 + (size_t)r0 * E,
+                           .lda = E, .B = m->Cn16, .ldb = E, .C = m->logits, .ldc = Cp, .c_type = GEMM_F32,
+                           .alpha = inv_temp, .beta = 0.0f, .batch = 1};
+            if (gemm_run(m->gemm, &g, s, e) != 0)
+                return -1;
+            if (Cp != C) /* the padding columns of d_logits must be zero for the products below */
+                CU(cudaMemsetAsync(m->dlog16, 0, B16((size_t)rows * Cp), s));
+            CU(k_softmax_xent_rows(m->row_loss_c + r0, m->dlog16, m->logits, md->cate_lab + r0, rows, C, Cp, scale, s));
+            if (!backward)
+                continue;
+            gemm_args dh = {.trans_a = 0, .trans_b = 0, .M = rows, .N = E, .K = Cp, .A = m->dlog16, .lda = Cp,
+                            .B = m->Cn16, .ldb = E, .C = m->d_Hn + (size_t)r0 * E, .ldc = E, .c_type = GEMM_F32,
+                            .alpha = 1.0f, .beta = 1.0f, .batch = 1};
+            gemm_args dc = {.trans_a = 1, .trans_b = 0, .M = Cp, .N = E, .K = rows, .A = m->dlog16, .lda = Cp,
+                            .B = m->Hn16 + (size_t)r0 * E, .ldb = E, .C = m->d_Cn, .ldc = E, .c_type = GEMM_F32,
+                            .alpha = 1.0f, .beta = 1.0f, .batch = 1};
+            if (gemm_run(m->gemm, &dh, s, e) != 0 || gemm_run(m->gemm, &dc, s, e) != 0)
+                return -1;
+        }
+        CU(k_sum(m->d_sums + 1, m->row_loss_c, BS, m->d_scratch, s));
+        if (backward && normalise_bwd(m, m->G + m->cate, m->d_Cn, m->Cn, m->Cnorm, C, 1, e) != 0)
+            return -1;
+    }
+    if (backward) {
+        float *d_hp = c->projected ? m->d_hp : m->d_hf;
+        if (normalise_bwd(m, m->d_H, m->d_Hn, m->Hn, m->Hnorm, BS, 0, e) != 0)
+            return -1;
+        CU(k_add_rows(d_hp, m->d_H, md->dst_rows, BS, E, s));
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+/* The rank (CTR) head on the candidate slot; its backward adds into d_hf. */
+static int rank_head(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const cu_meta *md = &m->md;
+    cudaStream_t s = m->stream;
+    const int D = m->D, Bc = m->B_cur;
+    CU(k_gather_rows(NULL, m->r_in16, m->hf, md->rank_rows, Bc, D, s));
+    if (gemm_linear_fwd(m->gemm, m->z1, GEMM_F32, m->r_in16, m->P16 + m->r_w1, Bc, D, 4 * D, s, e) != 0)
+        return -1;
+    CU(k_bias_relu_fwd(m->r1_16, m->z1, m->P + m->r_b1, Bc, 4 * D, s));
+    if (gemm_linear_fwd(m->gemm, m->z, GEMM_F32, m->r1_16, m->P16 + m->r_w2, Bc, 4 * D, 1, s, e) != 0)
+        return -1;
+    const int grad = backward && c->w_rank > 0 && bs->rank_count > 0;
+    const float scale = bs->rank_count > 0 ? grad_scale * c->w_rank / (float)bs->rank_count : 0.0f;
+    CU(k_bce_logits(m->prob, m->r_loss, grad ? m->dz : NULL, grad ? m->G + m->r_b2 : NULL, m->z, m->P + m->r_b2,
+                    md->click, Bc, scale, s));
+    CU(k_sum(m->d_sums + 2, m->r_loss, Bc, m->d_scratch, s));
+    if (!grad)
+        return 0;
+    CU(k_f32_to_bf16(m->dz16, m->dz, Bc, s));
+    if (gemm_linear_wgrad(m->gemm, m->G + m->r_w2, m->dz16, m->r1_16, Bc, 4 * D, 1, s, e) != 0 ||
+        gemm_linear_dgrad(m->gemm, m->d_r1, GEMM_F32, 0.0f, m->dz16, m->P16 + m->r_w2, Bc, 4 * D, 1, s, e) != 0)
+        return -1;
+    CU(k_relu_bwd(m->d_z1_16, m->G + m->r_b1, m->d_r1, m->r1_16, Bc, 4 * D, s));
+    if (gemm_linear_wgrad(m->gemm, m->G + m->r_w1, m->d_z1_16, m->r_in16, Bc, D, 4 * D, s, e) != 0 ||
+        gemm_linear_dgrad(m->gemm, m->d_r_in, GEMM_F32, 0.0f, m->d_z1_16, m->P16 + m->r_w1, Bc, D, 4 * D, s, e) != 0)
+        return -1;
+    CU(k_add_rows(m->d_hf, m->d_r_in, md->rank_rows, Bc, D, s));
+    return 0;
+fail:
+    return -1;
+}
+
+/* Backward through the output projector: d_hf from the heads' gradient d_hp. */
+static int backward_trunk(cuda_model *m, int T, gp_err *e)
+{
+    const model_config *c = &m->c;
+    cudaStream_t s = m->stream;
+    const int D = m->D, E = m->E;
+    if (c->projected) {
+        CU(k_rmsnorm_bwd(m->d_post, m->d_post16, m->G + m->post_norm, m->d_hp, NULL, m->post_lin_out,
+                         m->P + m->post_norm, m->post_rstd, T, E, m->norm_partial, s));
+        if (gemm_linear_wgrad(m->gemm, m->G + m->post_lin, m->d_post16, m->hf16, T, D, E, s, e) != 0 ||
+            gemm_linear_dgrad(m->gemm, m->d_hf, GEMM_F32, 0.0f, m->d_post16, m->P16 + m->post_lin, T, D, E, s, e) != 0)
+            return -1;
+    }
+    return 0;
+fail:
+    return -1;
+}
+
+/* Backward through the final norm, the blocks, the input projector and the embeddings. */
+static int backward_blocks(cuda_model *m, int T, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const cu_meta *md = &m->md;
+    cudaStream_t s = m->stream;
+    const int D = m->D, E = m->E, F = m->F, H = m->H, hd = c->head_dim;
+    const float *x_last = m->xs[m->L];
+    CU(k_rmsnorm_bwd(m->d_x, m->d_x16, m->G + m->final_norm, m->d_hf, NULL, x_last, m->P + m->final_norm, m->rstd_f, T,
+                     D, m->norm_partial, s));
+    for (int li = m->L - 1; li >= 0; li--) {
+        cu_layer *a = &m->layer[li];
+        const cu_layer_off *o = &m->lo[li];
+        /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2) */
+        if (gemm_linear_wgrad(m->gemm, m->G + o->w2, m->d_x16, a->g, T, F, D, s, e) != 0 ||
+            gemm_linear_dgrad(m->gemm, m->d_g16, GEMM_BF16, 0.0f, m->d_x16, m->P16 + o->w2, T, F, D, s, e) != 0)
+            return -1;
+        CU(k_swiglu_bwd(m->d_ab16, m->d_g16, a->ab, T, F, s));
+        if (gemm_linear_wgrad(m->gemm, m->G + o->w13, m->d_ab16, a->n2, T, D, 2 * F, s, e) != 0 ||
+            gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
+            return -1;
+        CU(k_rmsnorm_bwd(m->d_h, m->d_h16, m->G + o->ffn_norm, m->d_n, m->d_x, a->h, m->P + o->ffn_norm, a->rstd2, T, D,
+                         m->norm_partial, s));
+        /* attention: h = x + Wo attn(rope(q), rope(k), v) */
+        if (gemm_linear_wgrad(m->gemm, m->G + o->wo, m->d_h16, a->att, T, D, D, s, e) != 0 ||
+            gemm_linear_dgrad(m->gemm, m->d_att16, GEMM_BF16, 0.0f, m->d_h16, m->P16 + o->wo, T, D, D, s, e) != 0)
+            return -1;
+        CU(k_attention_bwd(m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_off, md->seq_len, m->B_cur,
+                           m->S + 1, H, hd, c->causal, s));
+        CU(k_rope_qk(m->d_qkv16, md->tok_pos, T, H, hd, c->rope_theta, 1, s));
+        if (gemm_linear_wgrad(m->gemm, m->G + o->wqkv, m->d_qkv16, a->n1, T, D, 3 * D, s, e) != 0 ||
+            gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
+            return -1;
+        CU(k_rmsnorm_bwd(m->d_x, m->d_x16, m->G + o->attn_norm, m->d_n, m->d_h, a->x, m->P + o->attn_norm, a->rstd1, T,
+                         D, m->norm_partial, s));
+    }
+    const float *d_emb = m->d_x;
+    if (c->projected) {
+        if (gemm_linear_wgrad(m->gemm, m->G + m->pre_lin, m->d_x16, m->pn16, T, E, D, s, e) != 0 ||
+            gemm_linear_dgrad(m->gemm, m->d_pn, GEMM_F32, 0.0f, m->d_x16, m->P16 + m->pre_lin, T, E, D, s, e) != 0)
+            return -1;
+        CU(k_rmsnorm_bwd(m->d_x0, NULL, m->G + m->pre_norm, m->d_pn, NULL, m->x0, m->P + m->pre_norm, m->pre_rstd, T, E,
+                         m->norm_partial, s));
+        d_emb = m->d_x0;
+    }
+    if (m->item_g)
+        CU(k_scatter_add_rows(m->item_g, d_emb, md->tok_item, T, E, NULL, &m->scat, m->scat_scratch, s));
+    CU(k_scatter_add_rows(m->G + m->cate, d_emb, md->tok_cate, T, E, NULL, &m->scat, m->scat_scratch, s));
+    CU(k_scatter_add_rows(m->G + m->seg, d_emb, md->tok_seg, T, E, NULL, &m->scat, m->scat_scratch, s));
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backward, int want_rank, step_losses *out,
+                    float *rank_prob, gp_err *e)
+{
+    const model_config *c = &m->c;
+    memset(out, 0, sizeof *out);
+    batch_shape bs;
+    if (upload_batch(m, x, c->w_item > 0, &bs, e) != 0)
+        return -1;
+    const int T = bs.T;
+    if (forward_trunk(m, T, e) != 0)
+        return -1;
+    if (backward) {
+        const int E = m->E, D = m->D;
+        const size_t rows = (size_t)T + (size_t)m->B * m->S;
+        if (c->projected)
+            CU(cudaMemsetAsync(m->d_hp, 0, F32(rows * E), m->stream));
+        CU(cudaMemsetAsync(m->d_hf, 0, F32(rows * D), m->stream));
+    }
+    CU(cudaMemsetAsync(m->d_sums, 0, 4 * sizeof(double), m->stream));
+    if (item_cate_heads(m, &bs, grad_scale, backward, e) != 0)
+        return -1;
+    if (backward && backward_trunk(m, T, e) != 0)
+        return -1;
+    const int rank_on = c->w_rank > 0 || want_rank;
+    if (rank_on && rank_head(m, &bs, grad_scale, backward, e) != 0)
+        return -1;
+    if (backward && backward_blocks(m, T, e) != 0)
+        return -1;
+    double sums[4];
+    if (read_sums(m, sums, 4, e) != 0)
+        return -1;
+    if (c->w_item > 0 && bs.P_item > 0) {
+        out->item_loss = sums[0] / bs.P_item;
+        out->item_count = bs.P_item;
+    }
+    if (c->w_cate > 0 && bs.P_cate > 0) {
+        out->cate_loss = sums[1] / bs.P_cate;
+        out->cate_count = bs.P_cate;
+    }
+    if (rank_on) {
+        out->rank_loss = bs.rank_count ? sums[2] / bs.rank_count : 0.0;
+        out->rank_count = bs.rank_count;
+        if (rank_prob)
+            CU(cudaMemcpy(rank_prob, m->prob, F32(m->B_cur), cudaMemcpyDeviceToHost));
+    }
+    out->loss = c->w_item * out->item_loss + c->w_cate * out->cate_loss + c->w_rank * out->rank_loss;
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_optimizer_step(cuda_model *m, const optim_hparams *h, double *grad_norm, gp_err *e)
+{
+    double sumsq = 0;
+    CU(k_sum_squares_ranges(m->d_sumsq, (const float *const *)m->r_g, m->r_len, m->n_ranges, m->d_scratch, m->stream));
+    CU(cudaMemcpyAsync(&sumsq, m->d_sumsq, sizeof sumsq, cudaMemcpyDeviceToHost, m->stream));
+    CU(cudaStreamSynchronize(m->stream));
+    double norm = sqrt(sumsq);
+    if (grad_norm)
+        *grad_norm = norm;
+    if (!isfinite(norm))
+        return gp_fail(e, "gradient norm is %g at step %lld: training diverged", norm, (long long)h->step);
+    CU(k_adamw_ranges(m->r_p, (const float *const *)m->r_g, m->r_m, m->r_v, m->r_b16, m->r_len, m->n_ranges, m->d_sumsq,
+                      h->max_grad_norm, h->lr, h->beta1, h->beta2, h->eps, h->weight_decay, h->step, m->stream));
+    return cuda_model_zero_grads(m, e);
+fail:
+    return -1;
+}
+
+int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err *e)
+{
+    const model_config *c = &m->c;
+    cudaStream_t s = m->stream;
+    const int64_t V = c->n_items;
+    const int E = m->E;
+    batch_shape bs;
+    if (upload_batch(m, x, 0, &bs, e) != 0 || forward_trunk(m, bs.T, e) != 0)
+        return -1;
+    const int Bc = m->B_cur;
+    if (!m->rank_table) {
+        /* Scores of a chunk of the catalogue for every query, at most LOGIT_CHUNK_BYTES. */
+        m->rank_chunk = GP_MAX((int64_t)1024, (int64_t)(LOGIT_CHUNK_BYTES / ((size_t)m->B * sizeof(float))));
+        m->rank_chunk = GP_MIN(m->rank_chunk, (V + 7) & ~(int64_t)7);
+        if (dev_alloc(m, (void **)&m->rank_table, F32((size_t)V * E), "the normalised item table", e) ||
+            dev_alloc(m, (void **)&m->rank_norm, F32((size_t)V), "item norms", e) ||
+            dev_alloc(m, (void **)&m->rank_table16, B16((size_t)V * E), "the normalised item table", e) ||
+            dev_alloc(m, (void **)&m->rank_scores, F32((size_t)m->B * m->rank_chunk), "ranking scores", e) ||
+            dev_alloc(m, (void **)&m->rank_target_score, F32((size_t)m->B), "target scores", e) ||
+            dev_alloc(m, (void **)&m->rank_query16, B16((size_t)m->B * E), "ranking queries", e) ||
+            dev_alloc(m, (void **)&m->rank_count, sizeof(int64_t) * (size_t)m->B, "rank counts", e))
+            return -1;
+    }
+    const float *hp = c->projected ? m->hp : m->hf;
+    if (normalise(m, m->rank_table, m->rank_table16, m->rank_norm, m->item, V, e) != 0)
+        return -1;
+    CU(k_gather_rows(m->Hg, NULL, hp, m->md.query_rows, Bc, E, s));
+    if (normalise(m, m->Hn, m->rank_query16, m->Hnorm, m->Hg, Bc, e) != 0)
+        return -1;
+    /* The target's own score from the same bf16 operands as the catalogue scores. */
+    CU(k_gather_rows(m->Le, NULL, m->rank_table, m->md.target_item, Bc, E, s));
+    CU(k_bf16_to_f32(m->Ln, m->rank_query16, (int64_t)Bc * E, s));
+    CU(k_f32_to_bf16(m->Nn16, m->Le, (int64_t)Bc * E, s));
+    CU(k_bf16_to_f32(m->Le, m->Nn16, (int64_t)Bc * E, s));
+    CU(k_row_dot(m->rank_target_score, m->Ln, m->Le, Bc, E, 1.0f, s));
+    CU(cudaMemsetAsync(m->rank_count, 0, sizeof(int64_t) * (size_t)Bc, s));
+    for (int64_t v0 = 0; v0 < V; v0 += m->rank_chunk) {
+        int64_t cols = GP_MIN(m->rank_chunk, V - v0);
+        gemm_args g = {.trans_a = 0, .trans_b = 1, .M = Bc, .N = cols, .K = E, .A = m->rank_query16, .lda = E,
+                       .B = m->rank_table16 + (size_t)v0 * E, .ldb = E, .C = m->rank_scores, .ldc = cols,
+                       .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = 1};
+        if (gemm_run(m->gemm, &g, s, e) != 0)
+            return -1;
+        CU(k_count_greater(m->rank_count, m->rank_scores, cols, m->rank_target_score, m->md.target_item, Bc, cols, v0,
+                           s));
+    }
+    CU(cudaMemcpyAsync(rank, m->rank_count, sizeof(int64_t) * (size_t)Bc, cudaMemcpyDeviceToHost, s));
+    CU(cudaStreamSynchronize(s));
+    return 0;
+fail:
+    return -1;
+}

@@ -1,0 +1,353 @@
+/* The CUDA backend against the CPU reference: the official golden vectors, random models and
+ * batches (losses and every gradient), one optimizer step, next-item ranking, and a 50-step
+ * training run whose loss curve must follow the CPU's. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "dataset.h"
+#include "gpu/gpu_check.h"
+#include "model.h"
+#include "settings.h"
+#include "support/golden.h"
+#include "test.h"
+#include "train.h"
+
+/* bf16 compute against the fp32 reference. */
+#define LOSS_TOL 1e-2
+#define GRAD_TOL 3e-2
+
+static void compare_tensors(const model_layout *l, const float *gs, const float *gd, const float *ws, const float *wd,
+                            double tol, const char *what)
+{
+    for (int t = 0; t < l->n_tensors; t++) {
+        const tensor_info *ti = &l->tensors[t];
+        const float *got = (ti->arena == ARENA_SPARSE ? gs : gd) + ti->offset;
+        const float *want = (ti->arena == ARENA_SPARSE ? ws : wd) + ti->offset;
+        double norm = 0;
+        for (int64_t i = 0; i < ti->numel; i++)
+            norm += (double)want[i] * want[i];
+        if (norm == 0) {
+            double mx = 0;
+            for (int64_t i = 0; i < ti->numel; i++)
+                mx = fmax(mx, fabs(got[i]));
+            if (!(mx <= 1e-6))
+                test_failure(__FILE__, __LINE__, "%s: %s should be zero, max |got| %.3g", what, ti->name, mx);
+            continue;
+        }
+        double r = rel_error(got, want, ti->numel);
+        if (!(r <= tol))
+            test_failure(__FILE__, __LINE__, "%s: %s relative error %.3g > %.3g", what, ti->name, r, tol);
+    }
+}
+
+static void check_rel(double got, double want, double tol, const char *what)
+{
+    if (!(fabs(got - want) <= tol * fabs(want) + 1e-6))
+        test_failure(__FILE__, __LINE__, "%s: %.7g vs reference %.7g", what, got, want);
+}
+
+static void run_golden_on_gpu(const char *name)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    golden_case g;
+    gp_err e = {{0}};
+    if (golden_load(&g, name, &e) != 0) {
+        test_failure(__FILE__, __LINE__, "%s", e.msg);
+        golden_free(&g);
+        return;
+    }
+    const model_layout *l = &g.layout;
+    backend_opts opts = {.max_batch = g.x.B};
+    backend *b = backend_cuda_create(l, &opts, &e);
+    REQUIRE(b, "%s", e.msg);
+    REQUIRE(b->set_params(b, g.sparse, g.dense, &e) == 0, "%s", e.msg);
+    step_losses out;
+    float prob[64];
+    REQUIRE(b->forward_backward(b, &g.x, 1.0f, &out, prob, &e) == 0, "%s", e.msg);
+    check_rel(out.loss, g.loss, LOSS_TOL, "loss");
+    check_rel(out.item_loss, g.item_loss, LOSS_TOL, "item loss");
+    check_rel(out.cate_loss, g.cate_loss, LOSS_TOL, "cate loss");
+    check_rel(out.rank_loss, g.rank_loss, LOSS_TOL, "rank loss");
+    if (l->cfg.w_rank > 0)
+        for (int i = 0; i < g.x.B; i++)
+            check_rel(prob[i], g.rank_outputs[i], LOSS_TOL, "rank output");
+    float *gs = gp_xcalloc((size_t)l->sparse_numel, sizeof(float)), *gd = gp_xcalloc((size_t)l->dense_numel, sizeof(float));
+    REQUIRE(b->get_grads(b, gs, gd, &e) == 0, "%s", e.msg);
+    compare_tensors(l, gs, gd, g.grad_sparse, g.grad_dense, GRAD_TOL, name);
+    free(gs);
+    free(gd);
+    backend_destroy(b);
+    golden_free(&g);
+}
+
+TEST(gpu_golden_pretrain_l2h16a4) { run_golden_on_gpu("pretrain_l2h16a4.safetensors"); }
+TEST(gpu_golden_finetune_l2h16a4) { run_golden_on_gpu("finetune_l2h16a4.safetensors"); }
+TEST(gpu_golden_finetune_bidirectional) { run_golden_on_gpu("finetune_l2h16a4_bidirectional.safetensors"); }
+TEST(gpu_golden_pretrain_emb8) { run_golden_on_gpu("pretrain_l1h32a4_emb8.safetensors"); }
+TEST(gpu_golden_finetune_l2h64a4_long) { run_golden_on_gpu("finetune_l2h64a4_long.safetensors"); }
+TEST(gpu_golden_pretrain_l2h64a4_long) { run_golden_on_gpu("pretrain_l2h64a4_long.safetensors"); }
+
+/* A random model and batch of the given shape; both backends run it. */
+typedef struct {
+    int dim, layers, heads, emb, S, B, N, causal, stage;
+    int64_t items, cates;
+} rand_case;
+
+static void random_batch(batch *x, const rand_case *rc, gp_rng *r)
+{
+    batch_alloc(x, rc->B, rc->S, rc->N);
+    x->B = rc->B;
+    for (int b = 0; b < rc->B; b++) {
+        int n = 1 + (int)gp_rng_below(r, (uint32_t)rc->S);
+        if (b == 0)
+            n = rc->S; /* one full-length sequence */
+        x->hist_len[b] = n;
+        for (int k = 0; k < rc->S; k++) {
+            int real = k < n;
+            x->hist_item[b * rc->S + k] = real ? 1 + (int32_t)gp_rng_below(r, (uint32_t)rc->items - 1) : 0;
+            x->hist_cate[b * rc->S + k] = real ? 1 + (int32_t)gp_rng_below(r, (uint32_t)rc->cates - 1) : 0;
+            x->item_label[b * rc->S + k] = LABEL_IGNORE;
+            x->cate_label[b * rc->S + k] = LABEL_IGNORE;
+        }
+        x->target_item[b] = 1 + (int32_t)gp_rng_below(r, (uint32_t)rc->items - 1);
+        x->target_cate[b] = 1 + (int32_t)gp_rng_below(r, (uint32_t)rc->cates - 1);
+        if (rc->stage == STAGE_PRETRAIN) {
+            x->click[b] = 2;
+            for (int k = 0; k < n; k++) {
+                x->item_label[b * rc->S + k] = k + 1 < n ? x->hist_item[b * rc->S + k + 1] : x->target_item[b];
+                x->cate_label[b * rc->S + k] = k + 1 < n ? x->hist_cate[b * rc->S + k + 1] : x->target_cate[b];
+            }
+        } else {
+            x->click[b] = (int32_t)gp_rng_below(r, 2);
+        }
+        x->user[b] = (uint32_t)b;
+    }
+    for (int64_t i = 0; i < (int64_t)rc->B * rc->N; i++)
+        x->negatives[i] = (int32_t)gp_rng_below(r, (uint32_t)rc->items);
+    /* Plant accidental hits: a negative equal to a label of its sequence. */
+    if (rc->N > 2 && rc->stage == STAGE_PRETRAIN)
+        x->negatives[1] = x->item_label[0];
+}
+
+static int make_layout(model_layout *l, const rand_case *rc, gp_err *e)
+{
+    gp_settings s;
+    cfg_list cl = {0};
+    if (cfg_parse_text(&cl, settings_stage_defaults, "stage defaults", e) != 0 ||
+        settings_resolve(&cl, rc->stage, &s, NULL, e) != 0)
+        return -1;
+    cfg_list_free(&cl);
+    s.dim = rc->dim;
+    s.n_layers = rc->layers;
+    s.n_heads = rc->heads;
+    s.embedding_dim = rc->emb;
+    s.max_history = rc->S;
+    s.n_negatives = rc->N;
+    s.attention = rc->causal ? ATTN_CAUSAL : ATTN_BIDIRECTIONAL;
+    model_config c;
+    if (model_config_from_settings(&c, &s, rc->items, rc->cates, e) != 0)
+        return -1;
+    return model_layout_build(l, &c, e);
+}
+
+static void run_random_case(const rand_case *rc, uint64_t seed)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    gp_err e = {{0}};
+    model_layout l;
+    REQUIRE(make_layout(&l, rc, &e) == 0, "%s", e.msg);
+    float *sparse = gp_xcalloc((size_t)l.sparse_numel, sizeof(float)), *dense = gp_xcalloc((size_t)l.dense_numel, sizeof(float));
+    model_init_params(&l, sparse, dense, seed);
+    /* Larger than the 0.02 init so the gradients are far from zero everywhere. */
+    for (int64_t i = 0; i < l.dense_numel; i++)
+        dense[i] *= 5.0f;
+    batch x;
+    gp_rng r = gp_rng_stream(seed, RNG_PURPOSE_TEST, 77, 0);
+    random_batch(&x, rc, &r);
+    backend_opts opts = {.max_batch = rc->B};
+    backend *cpu = backend_cpu_create(&l, &opts, &e), *gpu = backend_cuda_create(&l, &opts, &e);
+    REQUIRE(cpu && gpu, "%s", e.msg);
+    REQUIRE(cpu->set_params(cpu, sparse, dense, &e) == 0 && gpu->set_params(gpu, sparse, dense, &e) == 0, "%s", e.msg);
+    step_losses lc, lg;
+    float *pc = gp_xcalloc((size_t)rc->B, sizeof(float)), *pg = gp_xcalloc((size_t)rc->B, sizeof(float));
+    REQUIRE(cpu->forward_backward(cpu, &x, 0.5f, &lc, pc, &e) == 0, "%s", e.msg);
+    REQUIRE(gpu->forward_backward(gpu, &x, 0.5f, &lg, pg, &e) == 0, "%s", e.msg);
+    check_rel(lg.loss, lc.loss, LOSS_TOL, "loss");
+    check_rel(lg.item_loss, lc.item_loss, LOSS_TOL, "item loss");
+    check_rel(lg.cate_loss, lc.cate_loss, LOSS_TOL, "cate loss");
+    check_rel(lg.rank_loss, lc.rank_loss, LOSS_TOL, "rank loss");
+    CHECK(lg.item_count == lc.item_count && lg.cate_count == lc.cate_count && lg.rank_count == lc.rank_count);
+    if (l.cfg.w_rank > 0)
+        CHECK_REL(pg, pc, rc->B, LOSS_TOL, "rank probabilities");
+    float *gcs = gp_xcalloc((size_t)l.sparse_numel, 4), *gcd = gp_xcalloc((size_t)l.dense_numel, 4);
+    float *ggs = gp_xcalloc((size_t)l.sparse_numel, 4), *ggd = gp_xcalloc((size_t)l.dense_numel, 4);
+    REQUIRE(cpu->get_grads(cpu, gcs, gcd, &e) == 0 && gpu->get_grads(gpu, ggs, ggd, &e) == 0, "%s", e.msg);
+    compare_tensors(&l, ggs, ggd, gcs, gcd, GRAD_TOL, "random model gradients");
+    /* One optimizer step from these gradients: parameters stay within bf16 tolerance. */
+    optim_hparams h = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-8, .weight_decay = 0.1, .max_grad_norm = 1.0,
+                       .step = 1};
+    double nc, ng;
+    REQUIRE(cpu->optimizer_step(cpu, &h, &nc, &e) == 0 && gpu->optimizer_step(gpu, &h, &ng, &e) == 0, "%s", e.msg);
+    check_rel(ng, nc, GRAD_TOL, "gradient norm");
+    float *pcs = gp_xcalloc((size_t)l.sparse_numel, 4), *pcd = gp_xcalloc((size_t)l.dense_numel, 4);
+    float *pgs = gp_xcalloc((size_t)l.sparse_numel, 4), *pgd = gp_xcalloc((size_t)l.dense_numel, 4);
+    REQUIRE(cpu->get_params(cpu, pcs, pcd, &e) == 0 && gpu->get_params(gpu, pgs, pgd, &e) == 0, "%s", e.msg);
+    compare_tensors(&l, pgs, pgd, pcs, pcd, 1e-3, "parameters after one step");
+    /* The frozen-table variant's gradients were not taken above; ranking against the catalogue: */
+    if (rc->stage == STAGE_PRETRAIN) {
+        int64_t *rk_c = gp_xcalloc((size_t)rc->B, sizeof(int64_t)), *rk_g = gp_xcalloc((size_t)rc->B, sizeof(int64_t));
+        REQUIRE(cpu->rank_targets(cpu, &x, rk_c, &e) == 0 && gpu->rank_targets(gpu, &x, rk_g, &e) == 0, "%s", e.msg);
+        for (int b = 0; b < rc->B; b++)
+            CHECK(llabs(rk_c[b] - rk_g[b]) <= 2 + rc->items / 100, "rank of sequence %d: cpu %lld gpu %lld", b,
+                  (long long)rk_c[b], (long long)rk_g[b]);
+        free(rk_c);
+        free(rk_g);
+    }
+    free(pc);
+    free(pg);
+    free(gcs);
+    free(gcd);
+    free(ggs);
+    free(ggd);
+    free(pcs);
+    free(pcd);
+    free(pgs);
+    free(pgd);
+    free(sparse);
+    free(dense);
+    batch_free(&x);
+    backend_destroy(cpu);
+    backend_destroy(gpu);
+    model_layout_free(&l);
+}
+
+TEST(gpu_random_pretrain_h64)
+{
+    rand_case rc = {.dim = 64, .layers = 2, .heads = 4, .emb = 0, .S = 30, .B = 24, .N = 128, .causal = 1,
+                    .stage = STAGE_PRETRAIN, .items = 700, .cates = 23};
+    run_random_case(&rc, 11);
+}
+
+TEST(gpu_random_pretrain_projected_hd8)
+{
+    rand_case rc = {.dim = 32, .layers = 1, .heads = 4, .emb = 16, .S = 50, .B = 9, .N = 64, .causal = 1,
+                    .stage = STAGE_PRETRAIN, .items = 300, .cates = 7};
+    run_random_case(&rc, 12);
+}
+
+TEST(gpu_random_finetune_hd32_bidirectional)
+{
+    rand_case rc = {.dim = 128, .layers = 2, .heads = 4, .emb = 0, .S = 40, .B = 33, .N = 0, .causal = 0,
+                    .stage = STAGE_FINETUNE, .items = 500, .cates = 12};
+    run_random_case(&rc, 13);
+}
+
+TEST(gpu_random_finetune_hd64_long)
+{
+    rand_case rc = {.dim = 256, .layers = 2, .heads = 4, .emb = 0, .S = 200, .B = 8, .N = 0, .causal = 1,
+                    .stage = STAGE_FINETUNE, .items = 1000, .cates = 40};
+    run_random_case(&rc, 14);
+}
+
+/* ---- a 50-step training run on both backends ---- */
+
+static int write_random_dataset(const char *path, gp_err *e)
+{
+    const int users = 600, per_user = 30;
+    const uint64_t n_items = 400, n_cates = 17;
+    uint32_t *item_cate = gp_xcalloc(n_items, 4);
+    for (uint64_t i = 1; i < n_items; i++)
+        item_cate[i] = 1 + (uint32_t)(i % (n_cates - 1));
+    uint32_t *ti = gp_xcalloc((size_t)users * per_user, 4), *tc = gp_xcalloc((size_t)users * per_user, 4);
+    ds_record *recs = gp_xcalloc((size_t)users * 3, sizeof *recs);
+    gp_rng r = gp_rng_stream(5, RNG_PURPOSE_TEST, 0, 0);
+    uint64_t nr = 0;
+    for (int u = 0; u < users; u++) {
+        /* Users walk through items in runs so there is structure to learn. */
+        uint32_t item = 1 + gp_rng_below(&r, (uint32_t)n_items - 1);
+        for (int k = 0; k < per_user; k++) {
+            if (gp_rng_below(&r, 4) == 0)
+                item = 1 + gp_rng_below(&r, (uint32_t)n_items - 1);
+            else
+                item = 1 + (item % ((uint32_t)n_items - 1));
+            ti[(size_t)u * per_user + k] = item;
+            tc[(size_t)u * per_user + k] = item_cate[item];
+        }
+        uint64_t off = (uint64_t)u * per_user;
+        uint32_t last = ti[off + per_user - 1];
+        recs[nr++] = (ds_record){.offset = off, .hist_len = per_user - 2, .user = (uint32_t)u,
+                                 .item = ti[off + per_user - 2], .cate = item_cate[ti[off + per_user - 2]], .label = 2,
+                                 .split = DS_SPLIT_PRETRAIN};
+        int split = u % 5 == 0 ? DS_SPLIT_TEST : DS_SPLIT_TRAIN;
+        uint32_t neg = 1 + gp_rng_below(&r, (uint32_t)n_items - 1);
+        if (neg == last)
+            neg = 1 + (neg % ((uint32_t)n_items - 1));
+        recs[nr++] = (ds_record){.offset = off, .hist_len = per_user - 1, .user = (uint32_t)u, .item = last,
+                                 .cate = item_cate[last], .label = 1, .split = (uint8_t)split};
+        recs[nr++] = (ds_record){.offset = off, .hist_len = per_user - 1, .user = (uint32_t)u, .item = neg,
+                                 .cate = item_cate[neg], .label = 0, .split = (uint8_t)split};
+    }
+    ds_contents c = {.n_items = n_items, .n_cates = n_cates, .n_users = users, .n_tokens = (uint64_t)users * per_user,
+                     .n_records = nr, .item_cate = item_cate, .tok_item = ti, .tok_cate = tc, .records = recs,
+                     .max_history = per_user, .seed = 5, .producer = "gpu test", .description = "random walks"};
+    int rc = dataset_write(path, &c, e);
+    free(item_cate);
+    free(ti);
+    free(tc);
+    free(recs);
+    return rc;
+}
+
+/* Reads the "loss" of every train line of a log.jsonl. */
+static int read_losses(const char *log, double *out, int max)
+{
+    char *text;
+    size_t len;
+    gp_err e;
+    if (gp_read_file(log, &text, &len, &e) != 0)
+        return -1;
+    int n = 0;
+    for (char *p = text; (p = strstr(p, "\"event\":\"train\"")) && n < max; p++) {
+        char *q = strstr(p, "\"loss\":");
+        if (q)
+            out[n++] = strtod(q + 7, NULL);
+    }
+    free(text);
+    return n;
+}
+
+TEST(gpu_training_run_follows_cpu)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    char *data = gp_path_join(test_tmp_dir(), "walks.gpsd");
+    gp_err e = {{0}};
+    REQUIRE(write_random_dataset(data, &e) == 0, "%s", e.msg);
+    double curves[2][64];
+    for (int dev = 0; dev < 2; dev++) {
+        cfg_list l = {0};
+        REQUIRE(cfg_parse_text(&l, settings_stage_defaults, "stage defaults", &e) == 0, "%s", e.msg);
+        char text[1024];
+        snprintf(text, sizeof text,
+                 "data = %s\ndim = 32\nn_layers = 2\nn_heads = 2\nmax_history = 30\nn_negatives = 64\n"
+                 "batch_size = 32\nmax_steps = 50\nwarmup_steps = 5\nlog_every = 1\neval_max_samples = 64\n"
+                 "out_dir = %s/run_%s\ndevice = %s\n",
+                 data, test_tmp_dir(), dev ? "cuda" : "cpu", dev ? "cuda" : "cpu");
+        REQUIRE(cfg_parse_text(&l, text, "test", &e) == 0, "%s", e.msg);
+        gp_settings s;
+        REQUIRE(settings_resolve(&l, STAGE_PRETRAIN, &s, NULL, &e) == 0, "%s", e.msg);
+        train_result res;
+        REQUIRE(train_run(&s, NULL, &res, &e) == 0, "%s", e.msg);
+        char log[1200];
+        snprintf(log, sizeof log, "%s/log.jsonl", s.out_dir);
+        REQUIRE(read_losses(log, curves[dev], 64) == 50, "log %s", log);
+        cfg_list_free(&l);
+    }
+    /* The loss must fall, and the GPU curve follow the CPU's within bf16 tolerance. */
+    CHECK(curves[0][49] < curves[0][0] - 0.5, "CPU loss %.4f -> %.4f", curves[0][0], curves[0][49]);
+    for (int i = 0; i < 50; i++)
+        CHECK(fabs(curves[1][i] - curves[0][i]) <= 0.02 * fabs(curves[0][i]) + 0.02, "step %d: gpu %.4f cpu %.4f", i + 1,
+              curves[1][i], curves[0][i]);
+    free(data);
+}
