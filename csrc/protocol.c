@@ -33,7 +33,7 @@ protocol_opts protocol_default_opts(void)
     return o;
 }
 
-static int check_opts(const protocol_opts *o, gp_err *e)
+int protocol_validate_opts(const protocol_opts *o, gp_err *e)
 {
     if (!(o->split_quantile > 0.0 && o->split_quantile < 1.0))
         return gp_fail(e, "protocol: split_quantile must be in (0, 1), got %g", o->split_quantile);
@@ -207,7 +207,7 @@ int protocol_build(const protocol_input *in, const protocol_opts *opts, ds_recor
     *n_records = 0;
     if (!in || !opts)
         return gp_fail(e, "protocol: missing input or options");
-    if (check_opts(opts, e) != 0)
+    if (protocol_validate_opts(opts, e) != 0)
         return -1;
     const int threads = opts->threads > 0 ? opts->threads : omp_get_max_threads();
     if (check_input(in, threads, e) != 0)

@@ -47,6 +47,8 @@ typedef struct {
 } protocol_opts;
 
 protocol_opts protocol_default_opts(void);
+/* The option checks protocol_build does first (so a producer can fail before heavy work). */
+int protocol_validate_opts(const protocol_opts *opts, gp_err *e);
 
 typedef struct {
     uint64_t n_tokens;             /* the pool: tokens_item/tokens_cate of the dataset */
