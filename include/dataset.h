@@ -108,8 +108,10 @@ typedef struct {
 } ds_open_opts;
 
 ds_open_opts ds_default_open_opts(void);
+/* opts may be NULL (defaults). On failure ds is left zeroed, so dataset_close on it is harmless.
+ * With verify_contents = 0, split_begin/split_count follow the header's counts unchecked. */
 int dataset_open(dataset *ds, const char *path, const ds_open_opts *opts, gp_err *e);
-void dataset_close(dataset *ds);
+void dataset_close(dataset *ds); /* unmaps and frees; safe on a zeroed or already closed struct */
 
 /* What a producer hands to the writer. Records need not be sorted; the writer sorts them by
  * split (stable, so the producer's order within a split is kept) and fills the header. */
@@ -124,14 +126,19 @@ typedef struct {
 } ds_contents;
 
 /* Validates the contents with the same rules as the reader (so a bad producer fails early),
- * then writes atomically. */
+ * then writes atomically. Errors name records by their index in c->records (the producer's
+ * order). producer/description are truncated to fit (never inside a UTF-8 character); NULL
+ * means empty. On failure no file (and no temporary) is left and an existing file is kept. */
 int dataset_write(const char *path, const ds_contents *c, gp_err *e);
 
-/* CRC-32C (Castagnoli) of a buffer, and the chunked section checksum described above. */
+/* CRC-32C (Castagnoli) of a buffer, and the chunked section checksum described above.
+ * gp_crc32c chains like zlib's crc32: start with crc = 0 and pass the previous result to
+ * continue; gp_crc32c(0, "123456789", 9) == 0xE3069283. ds_section_checksum returns the 32-bit
+ * CRC widened to 64 bits; it is the same whatever the OpenMP thread count. */
 uint32_t gp_crc32c(uint32_t crc, const void *data, size_t len);
 uint64_t ds_section_checksum(const void *data, uint64_t len);
 
-const char *ds_split_name(int split);
+const char *ds_split_name(int split); /* "pretrain", "train", "test", "valid"; "invalid" otherwise */
 /* Print a human-readable description (counts, vocab sizes, split sizes, label balance,
  * history length percentiles, sections) to f. */
 void dataset_describe(const dataset *ds, FILE *f);
