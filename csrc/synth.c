@@ -1121,6 +1121,25 @@ fail:
     return -1;
 }
 
+int synth_generate(const synth_config *cfg, const char *out_path, synth_report *report, gp_err *e)
+{
+    if (!out_path || !*out_path)
+        return gp_fail(e, "synth: no output path");
+    synth_output o;
+    synth_report rep;
+    if (synth_build(cfg, &o, &rep, e) != 0)
+        return -1;
+    double t0 = gp_now();
+    int rc = dataset_write(out_path, &o.contents, e);
+    rep.seconds += gp_now() - t0;
+    synth_output_free(&o);
+    if (rc != 0)
+        return gp_wrap(e, "synth");
+    if (report)
+        *report = rep;
+    return 0;
+}
+
 void synth_print_report(const synth_config *cfg, const synth_report *r, FILE *f)
 {
     const protocol_stats *p = &r->protocol;

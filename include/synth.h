@@ -55,7 +55,7 @@ typedef struct {
     double history_auc;      /* history baseline (interpolated item-transition, recent-category and
                                 popularity counts fit on every interaction except the held-out ones) */
     double popularity_auc;   /* scoring by item frequency over the same interactions */
-    double seconds;          /* wall time of synth_build */
+    double seconds;          /* wall time (generation, protocol, evaluation, and the write in synth_generate) */
 } synth_report;
 
 /* A generated dataset in memory. contents views the arrays (ready for dataset_write). */
