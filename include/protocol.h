@@ -21,7 +21,9 @@
  *   and independent of threads and of other users.
  * Options beyond the protocol: valid_quantile > 0 moves the users whose last time falls in
  * (valid_time, split_time] into VALID (valid_time computed like split_time), sliding_window adds
- * a CTR sample at every position >= min_window_history of train users (not only the last).
+ * a CTR sample at every position >= min_window_history of train users (not only the last):
+ * position p (0-based in the user's whole sequence) has the candidate pool[p] and the history of
+ * the up to max_history interactions before it.
  */
 #ifndef GPSDREC_PROTOCOL_H
 #define GPSDREC_PROTOCOL_H
@@ -41,11 +43,17 @@ typedef struct {
     int sliding_window;            /* 0 */
     uint32_t min_window_history;   /* 2, with sliding_window */
     uint64_t seed;
+    int threads;                   /* 0 = OpenMP's default; the records never depend on it */
 } protocol_opts;
 
 protocol_opts protocol_default_opts(void);
+/* The option checks protocol_build does first (so a producer can fail before heavy work). */
+int protocol_validate_opts(const protocol_opts *opts, gp_err *e);
 
 typedef struct {
+    uint64_t n_tokens;             /* the pool: tokens_item/tokens_cate of the dataset */
+    const uint32_t *tok_item;      /* [n_tokens], every id a user covers in 1..n_items-1 */
+    const uint32_t *tok_cate;      /* [n_tokens] (the positive's category is its token's) */
     uint64_t n_users;
     const uint64_t *user_offset;   /* first token of user u in the pool */
     const uint32_t *user_len;      /* its number of interactions */
@@ -54,6 +62,7 @@ typedef struct {
     const uint32_t *item_cate;     /* [n_items] */
 } protocol_input;
 
+/* users_test / users_valid count kept users only (a dropped user has no samples). */
 typedef struct {
     uint64_t users_in, users_kept, users_too_short, users_test, users_valid, users_no_pretrain;
     int64_t split_time, valid_time;
@@ -61,7 +70,14 @@ typedef struct {
 } protocol_stats;
 
 /* Builds the records (malloc'd, sorted by split then user) for the users' sequences in the pool
- * described by in. Returns -1 with a message on an invalid option or input. */
+ * described by in. Returns -1 with a message on an invalid option or input.
+ * Within a user: CTR samples by increasing position, each a positive followed by its negatives.
+ * With sliding_window the final sample's negatives are drawn first, so turning it on leaves the
+ * standard samples unchanged.
+ * Limits checked: split_quantile in (0,1), 0 <= valid_quantile < split_quantile, max_history >= 2,
+ * min_user_len >= 3, 1 <= n_negatives <= 65536, min_pretrain_history >= 1,
+ * min_window_history >= 1, n_items >= 3, 1 <= n_users <= 2^32, every user's span inside the pool,
+ * every token item in 1..n_items-1. */
 int protocol_build(const protocol_input *in, const protocol_opts *opts, ds_record **records, uint64_t *n_records,
                    protocol_stats *stats, gp_err *e);
 
