@@ -9,7 +9,7 @@
 
 CC       ?= cc
 CFLAGS   ?= -O3 -march=native -g
-WARN     := -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation
+WARN     := -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -Wno-format-zero-length
 BASEFLAGS := -std=c11 -D_GNU_SOURCE -fopenmp -Iinclude -Icsrc -Itests $(WARN)
 LDLIBS   := -fopenmp -lm -lpthread
 CUDA_ARCH ?= sm_90

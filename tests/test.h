@@ -2,7 +2,7 @@
  *
  * A test is a function registered at load time with TEST(name) in any tests/test_*.c file; the
  * runner (tests/test_main.c) runs every registered test, or those whose name contains one of
- * the command-line arguments, and ends with the line "N passed, N failed"; its exit status is
+ * the command-line arguments (an argument starting with - excludes instead), and ends with the line "N passed, N failed"; its exit status is
  * non-zero when anything failed. CHECK records a failure and lets the test continue; REQUIRE
  * records it and returns from the test. A test passes when it recorded no failure.
  */
@@ -15,6 +15,9 @@
 typedef void (*test_fn)(void);
 void test_register(const char *name, const char *file, test_fn fn);
 void test_failure(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A failed CHECK/REQUIRE: the condition's text is printed as is (it may contain '%'). */
+void test_check_failed(const char *file, int line, const char *kind, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 /* Directory holding ../shared (golden vectors, datasets), from GPSDREC_SHARED or "../shared". */
 const char *test_shared_dir(void);
 /* A fresh temporary directory for this test run (removed at exit unless GPSDREC_KEEP_TMP). */
@@ -35,13 +38,13 @@ int test_run_capture(const char *cmd, char **output);
 #define CHECK(cond, ...)                                                  \
     do {                                                                  \
         if (!(cond))                                                      \
-            test_failure(__FILE__, __LINE__, "CHECK(" #cond ") " __VA_ARGS__); \
+            test_check_failed(__FILE__, __LINE__, "CHECK", #cond, "" __VA_ARGS__); \
     } while (0)
 
 #define REQUIRE(cond, ...)                                                \
     do {                                                                  \
         if (!(cond)) {                                                    \
-            test_failure(__FILE__, __LINE__, "REQUIRE(" #cond ") " __VA_ARGS__); \
+            test_check_failed(__FILE__, __LINE__, "REQUIRE", #cond, "" __VA_ARGS__); \
             return;                                                       \
         }                                                                 \
     } while (0)

@@ -41,6 +41,19 @@ void test_failure(const char *file, int line, const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+void test_check_failed(const char *file, int line, const char *kind, const char *cond, const char *fmt, ...)
+{
+    current_failures++;
+    if (current_failures > 20)
+        return;
+    fprintf(stderr, "  FAIL %s (%s:%d): %s(%s) ", current_name, file, line, kind, cond);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
 const char *test_shared_dir(void)
 {
     const char *s = getenv("GPSDREC_SHARED");
@@ -104,14 +117,20 @@ int test_run_capture(const char *cmd, char **output)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
+/* Arguments select tests whose name contains them; an argument starting with '-' excludes. */
 static int selected(const char *name, int argc, char **argv)
 {
-    if (argc <= 1)
-        return 1;
-    for (int i = 1; i < argc; i++)
-        if (strstr(name, argv[i]))
-            return 1;
-    return 0;
+    int any_include = 0, included = 0;
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] == '-') {
+            if (strstr(name, argv[i] + 1))
+                return 0;
+        } else {
+            any_include = 1;
+            included |= strstr(name, argv[i]) != NULL;
+        }
+    }
+    return !any_include || included;
 }
 
 int main(int argc, char **argv)

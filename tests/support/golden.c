@@ -80,7 +80,7 @@ int golden_load(golden_case *g, const char *name, gp_err *e)
     if (settings_resolve(&empty, STAGE_PRETRAIN, &s, NULL, e) != 0)
         return -1;
     int64_t items, cates, emb, hist;
-    int causal, l2;
+    int causal = 1, l2 = 1;
     double wi, wc, wr;
     if (meta_i64(f, "dim", &s.dim, e) || meta_i64(f, "n_layers", &s.n_layers, e) ||
         meta_i64(f, "n_heads", &s.n_heads, e) || meta_i64(f, "embedding_dim", &emb, e) ||

@@ -1,4 +1,4 @@
-/* golden: loading the official model's golden vectors (shared/golden/*.safetensors) into our
+/* golden: loading the official model's golden vectors (the shared/golden safetensors files) into our
  * model config, parameters and batch; shared by the CPU tests and the GPU tests. */
 #ifndef GPSDREC_TESTS_GOLDEN_H
 #define GPSDREC_TESTS_GOLDEN_H
