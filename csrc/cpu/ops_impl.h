@@ -30,6 +30,7 @@
 #define R_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 #define R_EXP(x) _Generic((REAL)0, float: expf, default: exp)(x)
+#define R_SQRT(x) _Generic((REAL)0, float: sqrtf, default: sqrt)(x)
 
 /* Work below which a parallel region costs more than it saves. */
 #define PAR_MIN_WORK 32768
@@ -492,26 +493,66 @@ void OPS_FN(cpu_rope_bwd)(REAL *dx, const int32_t *pos, int64_t rows, int n_head
 
 /* ---- attention ------------------------------------------------------------------------- */
 /* One work item per (sequence, head), on one thread, with that head's keys and values copied
- * into small per-thread buffers: k transposed (kt[d][j], so the scores of one query are an axpy
- * over the keys), plus row layouts where an axpy over d is the natural loop. */
+ * into small per-thread buffers, zero-padded to ATT_VL columns so that every inner loop is a
+ * fixed-width block of register accumulators. The backward handles ATT_TQ queries at a time:
+ * their probabilities and score gradients sit in a [ATT_TQ][len] scratch, and dk, dv receive
+ * one block update per tile rather than one per query. */
+#define ATT_VL 16
+#define ATT_TQ 32
+
+static inline int64_t att_round(int64_t n)
+{
+    return (n + ATT_VL - 1) / ATT_VL * ATT_VL;
+}
+
+/* out[c] = sum_{r < n_rows} w[r*ws] * m[r*ldm + c] for c < att_round(n_cols); m zero-padded
+ * to that width. Each out[c] is one fma chain over r in order. */
+static inline void att_vecmat(REAL *restrict out, const REAL *w, int64_t ws, const REAL *restrict m, int64_t ldm,
+                              int n_rows, int n_cols)
+{
+    for (int c0 = 0; c0 < n_cols; c0 += ATT_VL) {
+        REAL acc[ATT_VL] = {0};
+        for (int r = 0; r < n_rows; r++) {
+            REAL wr = w[r * ws];
+            const REAL *mr = m + r * ldm + c0;
+            for (int l = 0; l < ATT_VL; l++)
+                acc[l] = R_FMA(wr, mr[l], acc[l]);
+        }
+        for (int l = 0; l < ATT_VL; l++)
+            out[c0 + l] = acc[l];
+    }
+}
+
+/* dst[d][j] = src row j, col d (transposed, [hd][ld]) for j < L; zero for L <= j < round(L). */
+static void att_pack_t(REAL *dst, int64_t ld, const REAL *src, int64_t stride, int L, int hd)
+{
+    int64_t Lp = att_round(L);
+    for (int d = 0; d < hd; d++)
+        for (int64_t j = L; j < Lp; j++)
+            dst[d * ld + j] = 0;
+    for (int j = 0; j < L; j++)
+        for (int d = 0; d < hd; d++)
+            dst[(int64_t)d * ld + j] = src[j * stride + d];
+}
+
+/* dst[j][d] (rows of width hdp) = src row j, col d, zero for hd <= d < hdp. */
+static void att_pack_rows(REAL *dst, int64_t hdp, const REAL *src, int64_t stride, int L, int hd)
+{
+    for (int j = 0; j < L; j++) {
+        int d = 0;
+        for (; d < hd; d++)
+            dst[j * hdp + d] = src[j * stride + d];
+        for (; d < hdp; d++)
+            dst[j * hdp + d] = 0;
+    }
+}
+
 static int32_t attn_max_len(const int32_t *seq_len, int n_seq)
 {
     int32_t m = 0;
     for (int s = 0; s < n_seq; s++)
         m = GP_MAX(m, seq_len[s]);
     return m;
-}
-
-/* sc[j] = scale * <q, k_j> for j < n, k given transposed kt[d][ld]. */
-static inline void attn_scores(REAL *restrict sc, const REAL *q, const REAL *kt, int64_t ld, int n, int head_dim,
-                               REAL scale)
-{
-    for (int j = 0; j < n; j++)
-        sc[j] = 0;
-    for (int d = 0; d < head_dim; d++)
-        axpy_r(sc, q[d], kt + d * ld, n);
-    for (int j = 0; j < n; j++)
-        sc[j] *= scale;
 }
 
 void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *k, const REAL *v,
@@ -523,40 +564,36 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
     int32_t lmax = attn_max_len(seq_len, n_seq);
     if (lmax <= 0)
         return;
-    int64_t stride = (int64_t)n_heads * head_dim;
+    int64_t stride = (int64_t)n_heads * head_dim, lp = att_round(lmax), hdp = att_round(head_dim);
     int64_t n_items = (int64_t)n_seq * n_heads;
     REAL scale = (REAL)(1.0 / sqrt((double)head_dim));
 #pragma omp parallel if (n_items * lmax * head_dim > PAR_MIN_WORK / 8)
     {
-        REAL *kt = scratch_alloc((size_t)lmax * head_dim * sizeof(REAL));
-        REAL *vr = scratch_alloc((size_t)lmax * head_dim * sizeof(REAL));
-        REAL *sc = scratch_alloc((size_t)lmax * sizeof(REAL));
-        REAL *o = scratch_alloc((size_t)head_dim * sizeof(REAL));
+        REAL *kt = scratch_alloc((size_t)(head_dim * lp) * sizeof(REAL));
+        REAL *vr = scratch_alloc((size_t)(lp * hdp) * sizeof(REAL));
+        REAL *sc = scratch_alloc((size_t)lp * sizeof(REAL));
+        REAL *o = scratch_alloc((size_t)hdp * sizeof(REAL));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
-            for (int j = 0; j < L; j++)
-                for (int d = 0; d < head_dim; d++) {
-                    kt[(int64_t)d * lmax + j] = k[base + j * stride + d];
-                    vr[(int64_t)j * head_dim + d] = v[base + j * stride + d];
-                }
+            att_pack_t(kt, lp, k + base, stride, L, head_dim);
+            att_pack_rows(vr, hdp, v + base, stride, L, head_dim);
             for (int t = 0; t < L; t++) {
                 int n = causal ? t + 1 : L;
-                attn_scores(sc, q + base + t * stride, kt, lmax, n, head_dim, scale);
-                REAL mx = sc[0];
-                for (int j = 1; j < n; j++)
+                att_vecmat(sc, q + base + t * stride, 1, kt, lp, head_dim, n);
+                REAL mx = sc[0] * scale;
+                for (int j = 0; j < n; j++) {
+                    sc[j] *= scale;
                     mx = sc[j] > mx ? sc[j] : mx;
+                }
                 double sum = 0;
                 for (int j = 0; j < n; j++) {
                     sc[j] = R_EXP(sc[j] - mx);
                     sum += sc[j];
                 }
-                for (int d = 0; d < head_dim; d++)
-                    o[d] = 0;
-                for (int j = 0; j < n; j++)
-                    axpy_r(o, sc[j], vr + (int64_t)j * head_dim, head_dim);
+                att_vecmat(o, sc, 1, vr, hdp, n, head_dim);
                 REAL inv = (REAL)(1.0 / sum);
                 REAL *dst = out + base + t * stride;
                 for (int d = 0; d < head_dim; d++)
@@ -573,8 +610,7 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
 
 /* With p = softmax(s), s = scale q.k:  dv_j = sum_t p_tj do_t;  dp_tj = do_t.v_j;
  * ds_tj = p_tj (dp_tj - <do_t, o_t>);  dq_t = scale sum_j ds_tj k_j;  dk_j = scale sum_t ds_tj q_t.
- * p is recomputed from the saved lse; dk and dv are accumulated transposed (dkt[d][j]) so the
- * per-query updates are axpys over the keys. */
+ * p is recomputed from the saved lse. */
 void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, const REAL *q, const REAL *k,
                                const REAL *v, const REAL *out, const REAL *lse, const int64_t *seq_off,
                                const int32_t *seq_len, int n_seq, int n_heads, int head_dim, int causal)
@@ -584,70 +620,76 @@ void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, 
     int32_t lmax = attn_max_len(seq_len, n_seq);
     if (lmax <= 0)
         return;
-    int64_t stride = (int64_t)n_heads * head_dim;
+    int64_t stride = (int64_t)n_heads * head_dim, lp = att_round(lmax), hdp = att_round(head_dim);
     int64_t n_items = (int64_t)n_seq * n_heads;
     REAL scale = (REAL)(1.0 / sqrt((double)head_dim));
 #pragma omp parallel if (n_items * lmax * head_dim > PAR_MIN_WORK / 8)
     {
-        size_t mat = (size_t)lmax * head_dim * sizeof(REAL);
-        REAL *kt = scratch_alloc(mat), *kr = scratch_alloc(mat), *vt = scratch_alloc(mat);
-        REAL *dkt = scratch_alloc(mat), *dvt = scratch_alloc(mat);
-        REAL *p = scratch_alloc((size_t)lmax * sizeof(REAL));
-        REAL *ds = scratch_alloc((size_t)lmax * sizeof(REAL));
-        REAL *g = scratch_alloc((size_t)head_dim * sizeof(REAL));
+        size_t tmat = (size_t)(head_dim * lp) * sizeof(REAL), rmat = (size_t)(lp * hdp) * sizeof(REAL);
+        size_t tile = (size_t)(ATT_TQ * lp) * sizeof(REAL), trow = (size_t)(ATT_TQ * hdp) * sizeof(REAL);
+        REAL *kt = scratch_alloc(tmat), *vt = scratch_alloc(tmat);
+        REAL *kr = scratch_alloc(rmat), *dka = scratch_alloc(rmat), *dva = scratch_alloc(rmat);
+        REAL *P = scratch_alloc(tile), *DS = scratch_alloc(tile);
+        REAL *qr = scratch_alloc(trow), *dor = scratch_alloc(trow);
+        REAL *g = scratch_alloc((size_t)hdp * sizeof(REAL));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
-            for (int j = 0; j < L; j++)
-                for (int d = 0; d < head_dim; d++) {
-                    REAL kv = k[base + j * stride + d];
-                    kt[(int64_t)d * lmax + j] = kv;
-                    kr[(int64_t)j * head_dim + d] = kv;
-                    vt[(int64_t)d * lmax + j] = v[base + j * stride + d];
-                    dkt[(int64_t)d * lmax + j] = 0;
-                    dvt[(int64_t)d * lmax + j] = 0;
+            att_pack_t(kt, lp, k + base, stride, L, head_dim);
+            att_pack_t(vt, lp, v + base, stride, L, head_dim);
+            att_pack_rows(kr, hdp, k + base, stride, L, head_dim);
+            memset(dka, 0, (size_t)(L * hdp) * sizeof(REAL));
+            memset(dva, 0, (size_t)(L * hdp) * sizeof(REAL));
+            for (int t0 = 0; t0 < L; t0 += ATT_TQ) {
+                int tq = GP_MIN(ATT_TQ, L - t0);
+                int nmax = causal ? t0 + tq : L;
+                att_pack_rows(qr, hdp, q + base + t0 * stride, stride, tq, head_dim);
+                att_pack_rows(dor, hdp, d_out + base + t0 * stride, stride, tq, head_dim);
+                for (int i = 0; i < tq; i++) {
+                    int t = t0 + i, n = causal ? t + 1 : L;
+                    REAL *pr = P + i * lp, *dsr = DS + i * lp;
+                    const REAL *dot = d_out + base + t * stride;
+                    REAL l = lse[(seq_off[s] + t) * n_heads + h];
+                    att_vecmat(pr, q + base + t * stride, 1, kt, lp, head_dim, n);
+                    att_vecmat(dsr, dot, 1, vt, lp, head_dim, n); /* dp */
+                    REAL D = dot_r(dot, out + base + t * stride, head_dim);
+                    for (int j = 0; j < n; j++) {
+                        pr[j] = R_EXP(pr[j] * scale - l);
+                        dsr[j] = pr[j] * (dsr[j] - D) * scale;
+                    }
+                    for (int j = n; j < nmax; j++)
+                        pr[j] = dsr[j] = 0;
+                    att_vecmat(g, dsr, 1, kr, hdp, n, head_dim);
+                    REAL *dqt = dq + base + t * stride;
+                    for (int d = 0; d < head_dim; d++)
+                        dqt[d] = g[d];
                 }
-            for (int t = 0; t < L; t++) {
-                int n = causal ? t + 1 : L;
-                const REAL *qt = q + base + t * stride, *dot = d_out + base + t * stride;
-                REAL l = lse[(seq_off[s] + t) * n_heads + h];
-                attn_scores(p, qt, kt, lmax, n, head_dim, scale);
-                for (int j = 0; j < n; j++)
-                    p[j] = R_EXP(p[j] - l);
-                REAL D = dot_r(dot, out + base + t * stride, head_dim);
-                for (int j = 0; j < n; j++)
-                    ds[j] = 0;
-                for (int d = 0; d < head_dim; d++) {
-                    axpy_r(ds, dot[d], vt + (int64_t)d * lmax, n); /* dp_j */
-                    axpy_r(dvt + (int64_t)d * lmax, dot[d], p, n);
+                for (int j = 0; j < nmax; j++) {
+                    att_vecmat(g, DS + j, lp, qr, hdp, tq, head_dim);
+                    for (int d = 0; d < hdp; d++)
+                        dka[j * hdp + d] += g[d];
+                    att_vecmat(g, P + j, lp, dor, hdp, tq, head_dim);
+                    for (int d = 0; d < hdp; d++)
+                        dva[j * hdp + d] += g[d];
                 }
-                for (int j = 0; j < n; j++)
-                    ds[j] = p[j] * (ds[j] - D) * scale;
-                for (int d = 0; d < head_dim; d++) {
-                    g[d] = 0;
-                    axpy_r(dkt + (int64_t)d * lmax, qt[d], ds, n);
-                }
-                for (int j = 0; j < n; j++)
-                    axpy_r(g, ds[j], kr + (int64_t)j * head_dim, head_dim);
-                REAL *dqt = dq + base + t * stride;
-                for (int d = 0; d < head_dim; d++)
-                    dqt[d] = g[d];
             }
             for (int j = 0; j < L; j++)
                 for (int d = 0; d < head_dim; d++) {
-                    dk[base + j * stride + d] = dkt[(int64_t)d * lmax + j];
-                    dv[base + j * stride + d] = dvt[(int64_t)d * lmax + j];
+                    dk[base + j * stride + d] = dka[j * hdp + d];
+                    dv[base + j * stride + d] = dva[j * hdp + d];
                 }
         }
         free(g);
-        free(ds);
-        free(p);
-        free(dvt);
-        free(dkt);
-        free(vt);
+        free(dor);
+        free(qr);
+        free(DS);
+        free(P);
+        free(dva);
+        free(dka);
         free(kr);
+        free(vt);
         free(kt);
     }
 }
@@ -961,7 +1003,7 @@ void OPS_FN(cpu_adamw)(REAL *p, const REAL *g, REAL *m, REAL *v, int64_t n, doub
         /* torch.lerp: start + w (end - start) when w < 0.5, else end - (end - start)(1 - w) */
         REAL mi = lerp_low ? m[i] + wm * (gi - m[i]) : gi - (gi - m[i]) * ((REAL)1 - wm);
         REAL vi = v[i] * b2 + wv * gi * gi;
-        REAL den = sqrt(vi) / bc2_sqrt + e;
+        REAL den = R_SQRT(vi) / bc2_sqrt + e;
         p[i] = pi + step_size * (mi / den);
         m[i] = mi;
         v[i] = vi;
