@@ -32,8 +32,12 @@
 #define R_EXP(x) _Generic((REAL)0, float: expf, default: exp)(x)
 #define R_SQRT(x) _Generic((REAL)0, float: sqrtf, default: sqrt)(x)
 
-/* Work below which a parallel region costs more than it saves. */
-#define PAR_MIN_WORK 32768
+/* Below these sizes an op runs on the calling thread: a parallel region costs microseconds on
+ * an idle machine and far more when a core is busy elsewhere. PAR_MIN_WORK counts
+ * multiply-adds (matrix products, attention, sampled softmax), PAR_MIN_ELEMS elements touched
+ * by the element-wise and row-wise ops. */
+#define PAR_MIN_WORK (1 << 19)
+#define PAR_MIN_ELEMS (1 << 16)
 
 static void *scratch_alloc(size_t bytes)
 {
@@ -140,38 +144,46 @@ static REAL *lin_pack(const REAL *src, int64_t s_k, int64_t s_n, int64_t K, int6
     return dst;
 }
 
+/* C[m][n] (= or +=) sum_k A(m, k) * B(k, n) (+ bias[n]) for m < M, n < N, on the calling
+ * thread: A(m, k) = a[m*a_m + k*a_k], B packed by lin_pack, C rows ldc apart. */
+static void lin_block(REAL *c, int64_t ldc, const REAL *a, int64_t a_m, int64_t a_k, int64_t M, const REAL *bpack,
+                      int64_t K, int64_t N, const REAL *bias, int accumulate)
+{
+    int64_t n_pan = (N + LIN_NB - 1) / LIN_NB;
+    REAL tile[LIN_MR][LIN_NB];
+    for (int64_t p = 0; p < n_pan; p++) {
+        const REAL *bp = bpack + p * K * LIN_NB;
+        int nv = (int)GP_MIN((int64_t)LIN_NB, N - p * LIN_NB);
+        for (int64_t m0 = 0; m0 < M;) {
+            int mr = m0 + LIN_MR <= M ? LIN_MR : 1;
+            if (mr == LIN_MR)
+                lin_kernel(tile, LIN_MR, a + m0 * a_m, a_m, a_k, bp, K);
+            else
+                lin_kernel(tile, 1, a + m0 * a_m, a_m, a_k, bp, K);
+            for (int m = 0; m < mr; m++) {
+                REAL *cr = c + (m0 + m) * ldc + p * LIN_NB;
+                for (int n = 0; n < nv; n++) {
+                    REAL v = tile[m][n];
+                    if (bias)
+                        v += bias[p * LIN_NB + n];
+                    cr[n] = accumulate ? cr[n] + v : v;
+                }
+            }
+            m0 += mr;
+        }
+    }
+}
+
 /* C[r][n] (= or +=) sum_k A[r][k] * B(k, n) (+ bias[n]) for rows x N, A row-major [rows][K],
  * B packed by lin_pack. Parallel over row chunks. */
 static void lin_rows(REAL *c, const REAL *a, const REAL *bpack, const REAL *bias, int64_t rows, int64_t K, int64_t N,
                      int accumulate)
 {
-    int64_t n_pan = (N + LIN_NB - 1) / LIN_NB;
     int64_t n_chunks = (rows + LIN_ROW_CHUNK - 1) / LIN_ROW_CHUNK;
 #pragma omp parallel for schedule(static) if (rows * K * N > PAR_MIN_WORK)
     for (int64_t ch = 0; ch < n_chunks; ch++) {
-        int64_t r_end = GP_MIN(rows, (ch + 1) * LIN_ROW_CHUNK);
-        REAL tile[LIN_MR][LIN_NB];
-        for (int64_t p = 0; p < n_pan; p++) {
-            const REAL *bp = bpack + p * K * LIN_NB;
-            int nv = (int)GP_MIN((int64_t)LIN_NB, N - p * LIN_NB);
-            for (int64_t r = ch * LIN_ROW_CHUNK; r < r_end;) {
-                int mr = r + LIN_MR <= r_end ? LIN_MR : 1;
-                if (mr == LIN_MR)
-                    lin_kernel(tile, LIN_MR, a + r * K, K, 1, bp, K);
-                else
-                    lin_kernel(tile, 1, a + r * K, K, 1, bp, K);
-                for (int m = 0; m < mr; m++) {
-                    REAL *cr = c + (r + m) * N + p * LIN_NB;
-                    for (int n = 0; n < nv; n++) {
-                        REAL v = tile[m][n];
-                        if (bias)
-                            v += bias[p * LIN_NB + n];
-                        cr[n] = accumulate ? cr[n] + v : v;
-                    }
-                }
-                r += mr;
-            }
-        }
+        int64_t r0 = ch * LIN_ROW_CHUNK, nr = GP_MIN((int64_t)LIN_ROW_CHUNK, rows - r0);
+        lin_block(c + r0 * N, N, a + r0 * K, K, 1, nr, bpack, K, N, bias, accumulate);
     }
 }
 
@@ -262,7 +274,7 @@ static void lin_dbias(REAL *d_bias, const REAL *d_out, int64_t rows, int64_t out
 {
     enum { OB = 64 };
     int64_t n_ob = (out_dim + OB - 1) / OB;
-#pragma omp parallel for schedule(static) if (rows * out_dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * out_dim > PAR_MIN_ELEMS)
     for (int64_t ob = 0; ob < n_ob; ob++) {
         int64_t o0 = ob * OB;
         int nv = (int)GP_MIN((int64_t)OB, out_dim - o0);
@@ -313,7 +325,7 @@ void OPS_FN(cpu_rmsnorm_fwd)(REAL *out, REAL *rstd, const REAL *in, const REAL *
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *x = in + r * dim;
         REAL *y = out + r * dim;
@@ -333,7 +345,7 @@ void OPS_FN(cpu_rmsnorm_bwd)(REAL *d_in, REAL *d_w, const REAL *d_out, const REA
         return;
     int64_t n_chunks = (rows + NORM_RED_CHUNK - 1) / NORM_RED_CHUNK;
     double *part = d_w ? scratch_alloc((size_t)(n_chunks * dim) * sizeof(double)) : NULL;
-#pragma omp parallel if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel if (rows * dim > PAR_MIN_ELEMS)
     {
         REAL *tmp = scratch_alloc((size_t)dim * sizeof(REAL));
 #pragma omp for schedule(static)
@@ -364,7 +376,7 @@ void OPS_FN(cpu_rmsnorm_bwd)(REAL *d_in, REAL *d_w, const REAL *d_out, const REA
         free(tmp);
     }
     if (part) {
-#pragma omp parallel for schedule(static) if (n_chunks * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n_chunks * dim > PAR_MIN_ELEMS)
         for (int i = 0; i < dim; i++) {
             double s = 0;
             for (int64_t ch = 0; ch < n_chunks; ch++)
@@ -379,7 +391,7 @@ void OPS_FN(cpu_l2norm_fwd)(REAL *out, REAL *norm, const REAL *in, int64_t rows,
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *x = in + r * dim;
         REAL *y = out + r * dim;
@@ -396,7 +408,7 @@ void OPS_FN(cpu_l2norm_bwd)(REAL *d_in, const REAL *d_out, const REAL *out, cons
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *y = out + r * dim, *dy = d_out + r * dim;
         REAL *dx = d_in + r * dim;
@@ -453,7 +465,7 @@ static void rope_apply(REAL *x, const int32_t *pos, int64_t rows, int n_heads, i
                 rope_cos_sin((int32_t)(pmin + p), i, head_dim, theta, &table[(p * half + i) * 2],
                              &table[(p * half + i) * 2 + 1]);
     }
-#pragma omp parallel if (rows * stride > PAR_MIN_WORK)
+#pragma omp parallel if (rows * stride > PAR_MIN_ELEMS)
     {
         REAL *cs = table ? NULL : scratch_alloc((size_t)half * 2 * sizeof(REAL));
 #pragma omp for schedule(static)
@@ -567,7 +579,7 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
     int64_t stride = (int64_t)n_heads * head_dim, lp = att_round(lmax), hdp = att_round(head_dim);
     int64_t n_items = (int64_t)n_seq * n_heads;
     REAL scale = (REAL)(1.0 / sqrt((double)head_dim));
-#pragma omp parallel if (n_items * lmax * head_dim > PAR_MIN_WORK / 8)
+#pragma omp parallel if (n_items * lmax * lmax * head_dim > PAR_MIN_WORK)
     {
         REAL *kt = scratch_alloc((size_t)(head_dim * lp) * sizeof(REAL));
         REAL *vr = scratch_alloc((size_t)(lp * hdp) * sizeof(REAL));
@@ -623,7 +635,7 @@ void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, 
     int64_t stride = (int64_t)n_heads * head_dim, lp = att_round(lmax), hdp = att_round(head_dim);
     int64_t n_items = (int64_t)n_seq * n_heads;
     REAL scale = (REAL)(1.0 / sqrt((double)head_dim));
-#pragma omp parallel if (n_items * lmax * head_dim > PAR_MIN_WORK / 8)
+#pragma omp parallel if (n_items * lmax * lmax * head_dim > PAR_MIN_WORK)
     {
         size_t tmat = (size_t)(head_dim * lp) * sizeof(REAL), rmat = (size_t)(lp * hdp) * sizeof(REAL);
         size_t tile = (size_t)(ATT_TQ * lp) * sizeof(REAL), trow = (size_t)(ATT_TQ * hdp) * sizeof(REAL);
@@ -702,7 +714,7 @@ static inline REAL sigmoid_r(REAL a)
 
 void OPS_FN(cpu_swiglu_fwd)(REAL *out, const REAL *a, const REAL *b, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++)
         out[i] = a[i] * sigmoid_r(a[i]) * b[i];
 }
@@ -710,7 +722,7 @@ void OPS_FN(cpu_swiglu_fwd)(REAL *out, const REAL *a, const REAL *b, int64_t n)
 /* d silu(a)/da = sig (1 + a (1 - sig)). */
 void OPS_FN(cpu_swiglu_bwd)(REAL *da, REAL *db, const REAL *d_out, const REAL *a, const REAL *b, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         REAL sg = sigmoid_r(a[i]);
         REAL silu = a[i] * sg;
@@ -722,14 +734,14 @@ void OPS_FN(cpu_swiglu_bwd)(REAL *da, REAL *db, const REAL *d_out, const REAL *a
 
 void OPS_FN(cpu_relu_fwd)(REAL *out, const REAL *in, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++)
         out[i] = in[i] > 0 ? in[i] : 0;
 }
 
 void OPS_FN(cpu_relu_bwd)(REAL *d_in, const REAL *d_out, const REAL *out, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++)
         d_in[i] = out[i] > 0 ? d_out[i] : 0;
 }
@@ -740,7 +752,7 @@ void OPS_FN(cpu_embedding_fwd)(REAL *out, const REAL *table, const int32_t *ids,
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *src = table + (int64_t)ids[r] * dim;
         REAL *dst = out + r * dim;
@@ -759,7 +771,7 @@ void OPS_FN(cpu_embedding_bwd)(REAL *d_table, const REAL *d_out, const int32_t *
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel if (rows * dim > PAR_MIN_ELEMS)
     {
         uint32_t nt = (uint32_t)omp_get_num_threads(), tid = (uint32_t)omp_get_thread_num();
         for (int64_t r = 0; r < rows; r++) {
@@ -776,9 +788,14 @@ void OPS_FN(cpu_embedding_bwd)(REAL *d_table, const REAL *d_out, const int32_t *
 
 /* ---- losses ---------------------------------------------------------------------------- */
 /* Parallel over sequences: the rows of a sequence are handled by one thread in increasing row
- * order, which makes the d_neg accumulation (shared by all rows of a sequence) deterministic
- * without any cross-thread reduction. The sequence's negatives are also packed transposed so
- * all negative scores of a row are axpys over the negatives. */
+ * order, so d_neg (shared by all rows of a sequence) is accumulated deterministically without
+ * any cross-thread reduction. Within a sequence, rows go in blocks of SS_RB through the linear
+ * micro-kernel: logits = H N^T, then d_h = G N and d_neg += G^T H with G the logit gradients. */
+static int64_t ss_block_rows(int n_neg)
+{
+    return GP_MAX((int64_t)LIN_MR, GP_MIN((int64_t)64, ((int64_t)1 << 18) / GP_MAX(n_neg, 1)));
+}
+
 void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL *d_neg, const REAL *h,
                                  const REAL *pos_emb, const REAL *neg_emb, const int32_t *label,
                                  const int32_t *neg_ids, const int32_t *row_seq, int64_t n_rows, int n_seq,
@@ -810,13 +827,19 @@ void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL 
         free(fill);
     }
     int grads = d_h || d_pos || d_neg;
+    int64_t rb_max = ss_block_rows(n_neg);
+    int64_t neg_pan = (n_neg + LIN_NB - 1) / LIN_NB, dim_pan = (dim + LIN_NB - 1) / LIN_NB;
+    int64_t ldz = GP_MAX(neg_pan, (int64_t)1) * LIN_NB;
     int64_t work = n_rows * (int64_t)(n_neg + 1) * dim;
 #pragma omp parallel if (work > PAR_MIN_WORK)
     {
-        REAL *negt = scratch_alloc((size_t)dim * (n_neg + 1) * sizeof(REAL));
-        REAL *sc = scratch_alloc((size_t)(n_neg + 1) * sizeof(REAL));
-        double *z = scratch_alloc((size_t)(n_neg + 1) * sizeof(double));
-        REAL *gh = scratch_alloc((size_t)dim * sizeof(REAL));
+        REAL *negp_t = scratch_alloc((size_t)(neg_pan * dim * LIN_NB + 1) * sizeof(REAL)); /* B of H N^T */
+        REAL *negp = scratch_alloc((size_t)(dim_pan * n_neg * LIN_NB + 1) * sizeof(REAL)); /* B of G N */
+        REAL *hs = scratch_alloc((size_t)(rb_max * dim) * sizeof(REAL));
+        REAL *hsp = scratch_alloc((size_t)(dim_pan * rb_max * LIN_NB) * sizeof(REAL)); /* B of G^T H */
+        REAL *Z = scratch_alloc((size_t)(rb_max * ldz) * sizeof(REAL));
+        REAL *gh = scratch_alloc((size_t)(rb_max * dim) * sizeof(REAL));
+        REAL *g0 = scratch_alloc((size_t)rb_max * sizeof(REAL));
 #pragma omp for schedule(dynamic, 1)
         for (int s = 0; s < n_seq; s++) {
             seq_loss[s] = 0;
@@ -824,62 +847,81 @@ void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL 
                 continue;
             const REAL *neg = neg_emb + (int64_t)s * n_neg * dim;
             const int32_t *nid = neg_ids + (int64_t)s * n_neg;
-            for (int j = 0; j < n_neg; j++)
-                for (int d = 0; d < dim; d++)
-                    negt[(int64_t)d * n_neg + j] = neg[(int64_t)j * dim + d];
-            for (int64_t q = first[s]; q < first[s + 1]; q++) {
-                int64_t p = order[q];
-                const REAL *hp = h + p * dim, *pp = pos_emb + p * dim;
-                REAL s0 = dot_r(hp, pp, dim);
-                for (int j = 0; j < n_neg; j++)
-                    sc[j] = 0;
-                for (int d = 0; d < dim; d++)
-                    axpy_r(sc, hp[d], negt + (int64_t)d * n_neg, n_neg);
-                int kept = 0;
-                for (int j = 0; j < n_neg; j++)
-                    kept += nid[j] != label[p];
-                double corr = logq && kept > 0 ? log((double)kept) : 0.0;
-                double z0 = (double)s0 * inv_temp, mx = z0;
-                for (int j = 0; j < n_neg; j++)
-                    if (nid[j] != label[p]) {
-                        z[j] = ((double)sc[j] - corr) * inv_temp;
-                        mx = z[j] > mx ? z[j] : mx;
+            lin_pack(neg, 1, dim, dim, n_neg, negp_t); /* B(k=d, n=j) = neg[j][d] */
+            if (d_h)
+                lin_pack(neg, dim, 1, n_neg, dim, negp); /* B(k=j, n=d) = neg[j][d] */
+            for (int64_t q0 = first[s]; q0 < first[s + 1]; q0 += rb_max) {
+                int64_t rb = GP_MIN(rb_max, first[s + 1] - q0);
+                for (int64_t i = 0; i < rb; i++)
+                    memcpy(hs + i * dim, h + order[q0 + i] * dim, (size_t)dim * sizeof(REAL));
+                lin_block(Z, ldz, hs, dim, 1, rb, negp_t, dim, n_neg, NULL, 0);
+                for (int64_t i = 0; i < rb; i++) {
+                    int64_t p = order[q0 + i];
+                    const REAL *hp = hs + i * dim, *pp = pos_emb + p * dim;
+                    REAL *z = Z + i * ldz;
+                    int32_t y = label[p];
+                    int kept = 0;
+                    for (int j = 0; j < n_neg; j++)
+                        kept += nid[j] != y;
+                    REAL corr = logq && kept > 0 ? (REAL)log((double)kept) : 0;
+                    REAL z0 = dot_r(hp, pp, dim) * inv_temp, mx = z0;
+                    for (int j = 0; j < n_neg; j++)
+                        if (nid[j] != y) {
+                            z[j] = (z[j] - corr) * inv_temp;
+                            mx = z[j] > mx ? z[j] : mx;
+                        }
+                    double neg_sum = 0;
+                    for (int j = 0; j < n_neg; j++) {
+                        if (nid[j] != y) {
+                            z[j] = R_EXP(z[j] - mx);
+                            neg_sum += z[j];
+                        } else {
+                            z[j] = 0; /* excluded: zero probability and zero gradient */
+                        }
                     }
-                double neg_sum = 0;
-                for (int j = 0; j < n_neg; j++)
-                    if (nid[j] != label[p]) {
-                        z[j] = exp(z[j] - mx);
-                        neg_sum += z[j];
-                    }
-                double sum = exp(z0 - mx) + neg_sum;
-                double lse = mx + log(sum);
-                seq_loss[s] += lse - z0;
-                if (!grads)
-                    continue;
-                /* d loss / d z0 = p0 - 1, d loss / d zj = pj; z = score * inv_temp */
-                double gs = (double)grad_scale * inv_temp, inv_sum = 1.0 / sum;
-                REAL g0 = (REAL)(-(neg_sum * inv_sum) * gs); /* p0 - 1 without cancellation */
-                for (int d = 0; d < dim; d++)
-                    gh[d] = g0 * pp[d];
-                for (int j = 0; j < n_neg; j++) {
-                    if (nid[j] == label[p])
+                    double sum = (double)R_EXP(z0 - mx) + neg_sum;
+                    seq_loss[s] += (double)mx + log(sum) - (double)z0;
+                    if (!grads)
                         continue;
-                    REAL gj = (REAL)(z[j] * inv_sum * gs);
-                    axpy_r(gh, gj, neg + (int64_t)j * dim, dim);
-                    if (d_neg)
-                        axpy_r(d_neg + ((int64_t)s * n_neg + j) * dim, gj, hp, dim);
+                    /* d loss / d z0 = p0 - 1 = -(sum of negatives' weights) / sum, written so
+                     * it does not cancel; d loss / d zj = pj; z = score * inv_temp */
+                    double gs = (double)grad_scale * inv_temp, inv_sum = 1.0 / sum;
+                    g0[i] = (REAL)(-(neg_sum * inv_sum) * gs);
+                    REAL gj = (REAL)(inv_sum * gs);
+                    for (int j = 0; j < n_neg; j++)
+                        z[j] *= gj;
+                    if (d_pos)
+                        axpy_r(d_pos + p * dim, g0[i], hp, dim);
                 }
-                if (d_h)
-                    for (int d = 0; d < dim; d++)
-                        d_h[p * dim + d] += gh[d];
-                if (d_pos)
-                    axpy_r(d_pos + p * dim, g0, hp, dim);
+                if (!grads || n_neg == 0) {
+                    if (d_h)
+                        for (int64_t i = 0; i < rb; i++)
+                            axpy_r(d_h + order[q0 + i] * dim, g0[i], pos_emb + order[q0 + i] * dim, dim);
+                    continue;
+                }
+                if (d_h) {
+                    lin_block(gh, dim, Z, ldz, 1, rb, negp, n_neg, dim, NULL, 0);
+                    for (int64_t i = 0; i < rb; i++) {
+                        int64_t p = order[q0 + i];
+                        const REAL *pp = pos_emb + p * dim;
+                        REAL *dst = d_h + p * dim;
+                        for (int d = 0; d < dim; d++)
+                            dst[d] += R_FMA(g0[i], pp[d], gh[i * dim + d]);
+                    }
+                }
+                if (d_neg) {
+                    lin_pack(hs, dim, 1, rb, dim, hsp); /* B(k=row, n=d) = hs[row][d] */
+                    lin_block(d_neg + (int64_t)s * n_neg * dim, dim, Z, 1, ldz, n_neg, hsp, rb, dim, NULL, 1);
+                }
             }
         }
+        free(g0);
         free(gh);
-        free(z);
-        free(sc);
-        free(negt);
+        free(Z);
+        free(hsp);
+        free(hs);
+        free(negp);
+        free(negp_t);
     }
     double total = 0;
     for (int s = 0; s < n_seq; s++)
@@ -909,7 +951,7 @@ void OPS_FN(cpu_softmax_xent)(double *loss_sum, REAL *d_h, REAL *d_emb, const RE
     for (int64_t c0 = 0; c0 < n_rows; c0 += chunk) {
         int64_t nr = GP_MIN(chunk, n_rows - c0);
         OPS_FN(cpu_linear_fwd)(logit, h + c0 * dim, emb, NULL, nr, dim, n_classes);
-#pragma omp parallel for schedule(static) if (nr * n_classes > PAR_MIN_WORK / 4)
+#pragma omp parallel for schedule(static) if (nr * n_classes > PAR_MIN_ELEMS)
         for (int64_t r = 0; r < nr; r++) {
             REAL *lg = logit + r * n_classes;
             int32_t y = label[c0 + r];
@@ -996,7 +1038,7 @@ void OPS_FN(cpu_adamw)(REAL *p, const REAL *g, REAL *m, REAL *v, int64_t n, doub
     const REAL bc2_sqrt = (REAL)sqrt(bc2), step_size = (REAL)(-(lr / bc1)), e = (REAL)eps;
     const REAL gsc = (REAL)grad_scale;
     const int lerp_low = wm < (REAL)0.5;
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         REAL gi = g[i] * gsc;
         REAL pi = p[i] * decay;
