@@ -965,9 +965,10 @@ TEST(cpu_ops_float_matches_double)
         c.inv_temp = 20;
         int64_t nh = c.n_rows * c.dim, nn = (int64_t)c.n_seq * c.n_neg * c.dim;
         /* unit vectors, as the model feeds it */
-        cpu_l2norm_fwd_f64(c.h, st, c.h, c.n_rows, c.dim, 1e-6);
-        cpu_l2norm_fwd_f64(c.pos, st, c.pos, c.n_rows, c.dim, 1e-6);
-        cpu_l2norm_fwd_f64(c.neg, st, c.neg, nn / c.dim, c.dim, 1e-6);
+        double *nrm = zeros(nn / c.dim);
+        cpu_l2norm_fwd_f64(c.h, nrm, c.h, c.n_rows, c.dim, 1e-6);
+        cpu_l2norm_fwd_f64(c.pos, nrm, c.pos, c.n_rows, c.dim, 1e-6);
+        cpu_l2norm_fwd_f64(c.neg, nrm, c.neg, nn / c.dim, c.dim, 1e-6);
         round_f(c.h, nh), round_f(c.pos, nh), round_f(c.neg, nn);
         float *hf = to_f(c.h, nh), *pf = to_f(c.pos, nh), *nf = to_f(c.neg, nn);
         double *dh = zeros(nh), *dp = zeros(nh), *dn = zeros(nn), ld, lf;
@@ -988,7 +989,7 @@ TEST(cpu_ops_float_matches_double)
         CHECK_NEAR(lf, ld, 1e-5 * fabs(ld));
         AGREE(dhf, dh, nh, 1e-5, "softmax_xent d_h");
         AGREE(def, de, 7 * 16, 1e-5, "softmax_xent d_emb");
-        FREE(hf, pf, nf, dh, dp, dn, dhf, dpf, dnf, de, def, lab);
+        FREE(hf, pf, nf, dh, dp, dn, dhf, dpf, dnf, de, def, lab, nrm);
         ss_free(&c);
     }
     FREE(x, w, b, dy, xf, wf, bf, dyf, y, dx, dw, db, yf, dxf, dwf, dbf, nw, dx2, dnw, st, o, nwf, dx2f, dnwf, stf, of,
@@ -996,7 +997,8 @@ TEST(cpu_ops_float_matches_double)
 }
 
 /* ---- determinism -------------------------------------------------------------------------- */
-/* Every op that reduces across rows, run with 1, 2 and 3 threads: the bytes must not change. */
+/* Every op that reduces across rows, run with 1, 2 and 3 threads: the bytes must not change.
+ * The sizes are above the ops' thresholds for going parallel (PAR_MIN_WORK, PAR_MIN_ELEMS). */
 typedef struct {
     float *lin_out, *lin_dx, *lin_dw, *lin_db;
     float *attn_out, *attn_lse, *dq, *dk, *dv;
@@ -1005,7 +1007,7 @@ typedef struct {
     double ss_loss, xent_loss, sumsq;
 } det_out;
 
-enum { DR = 1100, DIN = 70, DOUT = 90, DSEQ = 60, DH = 2, DHD = 16, DNEG = 50, DV = 300 };
+enum { DR = 1100, DIN = 70, DOUT = 90, DSEQ = 60, DH = 2, DHD = 16, DNEG = 50, DV = 300, ASEQ = 160 };
 enum { WN = DSEQ * DNEG * 16 }; /* w serves as weights (DOUT x DIN) and as negatives (DSEQ x DNEG x 16) */
 
 static void det_run(det_out *r, const float *x, const float *w, const float *dy, const int32_t *len,
@@ -1019,8 +1021,8 @@ static void det_run(det_out *r, const float *x, const float *w, const float *dy,
     cpu_linear_bwd(r->lin_dx, r->lin_dw, r->lin_db, dy, x, w, DR, DIN, DOUT, 0);
     r->attn_out = calloc(an, 4), r->attn_lse = calloc(arows * DH, 4);
     r->dq = calloc(an, 4), r->dk = calloc(an, 4), r->dv = calloc(an, 4);
-    cpu_attention_fwd(r->attn_out, r->attn_lse, x, x + 1, x + 2, off, len, DSEQ, DH, DHD, 1);
-    cpu_attention_bwd(r->dq, r->dk, r->dv, dy, x, x + 1, x + 2, r->attn_out, r->attn_lse, off, len, DSEQ, DH, DHD, 1);
+    cpu_attention_fwd(r->attn_out, r->attn_lse, x, x + 1, x + 2, off, len, ASEQ, DH, DHD, 1);
+    cpu_attention_bwd(r->dq, r->dk, r->dv, dy, x, x + 1, x + 2, r->attn_out, r->attn_lse, off, len, ASEQ, DH, DHD, 1);
     r->ss_dh = calloc(DR * 16, 4), r->ss_dp = calloc(DR * 16, 4), r->ss_dn = calloc(DSEQ * DNEG * 16, 4);
     cpu_sampled_softmax(&r->ss_loss, r->ss_dh, r->ss_dp, r->ss_dn, x, x + 3, w, ids, neg_ids, row_seq, DR, DSEQ, DNEG,
                         16, 20.0f, 1, 0.5f);
@@ -1071,12 +1073,12 @@ static void det_compare(const det_out *a, const det_out *b, int64_t an, int64_t 
 TEST(cpu_ops_deterministic_threads)
 {
     /* x is big enough for the sum of squares (4 x DR x DIN) and every op's input */
-    double *xd = rnd((int64_t)DR * DIN * 4, -1, 1), *wd = rnd(WN, -1, 1), *dyd = rnd(DR * DOUT * 2, -1, 1);
-    float *x = to_f(xd, (int64_t)DR * DIN * 4), *w = to_f(wd, WN), *dy = to_f(dyd, DR * DOUT * 2);
-    int32_t len[DSEQ];
-    int64_t off[DSEQ], arows = 0;
-    for (int s = 0; s < DSEQ; s++) {
-        len[s] = 1 + (s * 7) % 17; /* rows of attention are x viewed as [arows][DH*DHD], well inside x */
+    double *xd = rnd((int64_t)DR * DIN * 4, -1, 1), *wd = rnd(WN, -1, 1), *dyd = rnd(DR * DOUT * 4, -1, 1);
+    float *x = to_f(xd, (int64_t)DR * DIN * 4), *w = to_f(wd, WN), *dy = to_f(dyd, DR * DOUT * 4);
+    int32_t len[ASEQ];
+    int64_t off[ASEQ], arows = 0;
+    for (int s = 0; s < ASEQ; s++) {
+        len[s] = 1 + (s * 37) % 100; /* attention rows: x viewed as [arows][DH*DHD], inside x */
         off[s] = arows;
         arows += len[s];
     }
@@ -1085,7 +1087,10 @@ TEST(cpu_ops_deterministic_threads)
     det_out ref;
     omp_set_num_threads(1);
     det_run(&ref, x, w, dy, len, off, arows, ids, row_seq, neg_ids);
-    for (int nt = 2; nt <= 3; nt++) {
+    /* which thread takes which sequence is up to the scheduler: try 2 threads twice */
+    const int teams[] = {2, 3, 2};
+    for (int ti = 0; ti < 3; ti++) {
+        int nt = teams[ti];
         det_out r;
         omp_set_num_threads(nt);
         det_run(&r, x, w, dy, len, off, arows, ids, row_seq, neg_ids);
@@ -1098,22 +1103,25 @@ TEST(cpu_ops_deterministic_threads)
 }
 
 /* ---- timing (only with GPSDREC_BENCH=1) --------------------------------------------------- */
+/* Best of several repetitions: the shared 2-core CI machine is noisy, the minimum is not. */
+#define BEST_OF(reps, best, stmt)                                                         \
+    do {                                                                                  \
+        best = 1e30;                                                                      \
+        for (int _r = 0; _r < (reps); _r++) {                                             \
+            double _t0 = gp_now();                                                        \
+            stmt;                                                                         \
+            best = fmin(best, gp_now() - _t0);                                            \
+        }                                                                                 \
+    } while (0)
+
 static void bench_linear(int64_t rows, int in, int od)
 {
     double *xd = rnd(rows * in, -1, 1), *wd = rnd((int64_t)od * in, -1, 1), *dyd = rnd(rows * od, -1, 1);
     float *x = to_f(xd, rows * in), *w = to_f(wd, (int64_t)od * in), *dy = to_f(dyd, rows * od);
     float *y = calloc(rows * od, 4), *dx = calloc(rows * in, 4), *dw = calloc((size_t)od * in, 4);
-    cpu_linear_fwd(y, x, w, NULL, rows, in, od);
-    cpu_linear_bwd(dx, dw, NULL, dy, x, w, rows, in, od, 0);
-    int reps = 10;
-    double t0 = gp_now();
-    for (int i = 0; i < reps; i++)
-        cpu_linear_fwd(y, x, w, NULL, rows, in, od);
-    double tf = (gp_now() - t0) / reps;
-    t0 = gp_now();
-    for (int i = 0; i < reps; i++)
-        cpu_linear_bwd(dx, dw, NULL, dy, x, w, rows, in, od, 0);
-    double tb = (gp_now() - t0) / reps;
+    double tf, tb;
+    BEST_OF(10, tf, cpu_linear_fwd(y, x, w, NULL, rows, in, od));
+    BEST_OF(10, tb, cpu_linear_bwd(dx, dw, NULL, dy, x, w, rows, in, od, 0));
     double fl = 2.0 * rows * in * od;
     printf("  linear rows %lld in %d out %d: fwd %.2f ms (%.1f GFLOP/s), bwd d_in+d_w %.2f ms (%.1f GFLOP/s)\n",
            (long long)rows, in, od, tf * 1e3, fl / tf * 1e-9, tb * 1e3, 2 * fl / tb * 1e-9);
@@ -1138,16 +1146,27 @@ TEST(cpu_ops_bench)
     double *qd = rnd(3 * n, -1, 1);
     float *q = to_f(qd, 3 * n), *o = calloc(n, 4), *lse = calloc(rows * H, 4), *dq = calloc(n, 4), *dk = calloc(n, 4),
           *dv = calloc(n, 4);
-    int reps = 5;
-    double t0 = gp_now();
-    for (int i = 0; i < reps; i++)
-        cpu_attention_fwd(o, lse, q, q + n, q + 2 * n, off, len, S, H, HD, 1);
-    double tf = (gp_now() - t0) / reps;
-    t0 = gp_now();
-    for (int i = 0; i < reps; i++)
-        cpu_attention_bwd(dq, dk, dv, q, q, q + n, q + 2 * n, o, lse, off, len, S, H, HD, 1);
-    double tb = (gp_now() - t0) / reps;
+    double tf, tb;
+    BEST_OF(10, tf, cpu_attention_fwd(o, lse, q, q + n, q + 2 * n, off, len, S, H, HD, 1));
+    BEST_OF(10, tb, cpu_attention_bwd(dq, dk, dv, q, q, q + n, q + 2 * n, o, lse, off, len, S, H, HD, 1));
     printf("  attention %d seqs x %d, %d heads x %d, causal: fwd %.2f ms, bwd %.2f ms\n", S, L, H, HD, tf * 1e3,
            tb * 1e3);
     FREE(qd, q, o, lse, dq, dk, dv);
+    /* sampled softmax: 128 sequences of 50 labelled rows, 1024 shared negatives, dim 64 */
+    enum { SS = 128, SL = 50, SN = 1024, SD = 64 };
+    int64_t sr = (int64_t)SS * SL, nn = (int64_t)SS * SN * SD;
+    double *hd_ = rnd(sr * SD, -0.2, 0.2), *nd = rnd(nn, -0.2, 0.2);
+    float *hf = to_f(hd_, sr * SD), *nf = to_f(nd, nn), *dh = calloc(sr * SD, 4), *dp = calloc(sr * SD, 4),
+          *dn = calloc(nn, 4);
+    int32_t *lab = rnd_ids(sr, 5000), *nid = rnd_ids((int64_t)SS * SN, 5000), *rs = gp_xmalloc(sr * 4);
+    for (int64_t p = 0; p < sr; p++)
+        rs[p] = (int32_t)(p / SL);
+    double loss, tl, tg;
+    BEST_OF(5, tl, cpu_sampled_softmax(&loss, NULL, NULL, NULL, hf, hf, nf, lab, nid, rs, sr, SS, SN, SD, 20.0f, 0, 1.0f));
+    BEST_OF(5, tg, cpu_sampled_softmax(&loss, dh, dp, dn, hf, hf, nf, lab, nid, rs, sr, SS, SN, SD, 20.0f, 0, 1.0f));
+    double fl = 2.0 * sr * SN * SD;
+    printf("  sampled softmax %d x %d rows, %d negatives, dim %d: loss %.2f ms (%.1f GFLOP/s), loss+grads %.2f ms "
+           "(%.1f GFLOP/s)\n",
+           SS, SL, SN, SD, tl * 1e3, fl / tl * 1e-9, tg * 1e3, 3 * fl / tg * 1e-9);
+    FREE(hd_, nd, hf, nf, dh, dp, dn, lab, nid, rs);
 }

@@ -30,9 +30,14 @@
 #define R_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 #define R_EXP(x) _Generic((REAL)0, float: expf, default: exp)(x)
+#define R_SQRT(x) _Generic((REAL)0, float: sqrtf, default: sqrt)(x)
 
-/* Work below which a parallel region costs more than it saves. */
-#define PAR_MIN_WORK 32768
+/* Below these sizes an op runs on the calling thread: a parallel region costs microseconds on
+ * an idle machine and far more when a core is busy elsewhere. PAR_MIN_WORK counts
+ * multiply-adds (matrix products, attention, sampled softmax), PAR_MIN_ELEMS elements touched
+ * by the element-wise and row-wise ops. */
+#define PAR_MIN_WORK (1 << 19)
+#define PAR_MIN_ELEMS (1 << 16)
 
 static void *scratch_alloc(size_t bytes)
 {
@@ -139,38 +144,46 @@ static REAL *lin_pack(const REAL *src, int64_t s_k, int64_t s_n, int64_t K, int6
     return dst;
 }
 
+/* C[m][n] (= or +=) sum_k A(m, k) * B(k, n) (+ bias[n]) for m < M, n < N, on the calling
+ * thread: A(m, k) = a[m*a_m + k*a_k], B packed by lin_pack, C rows ldc apart. */
+static void lin_block(REAL *c, int64_t ldc, const REAL *a, int64_t a_m, int64_t a_k, int64_t M, const REAL *bpack,
+                      int64_t K, int64_t N, const REAL *bias, int accumulate)
+{
+    int64_t n_pan = (N + LIN_NB - 1) / LIN_NB;
+    REAL tile[LIN_MR][LIN_NB];
+    for (int64_t p = 0; p < n_pan; p++) {
+        const REAL *bp = bpack + p * K * LIN_NB;
+        int nv = (int)GP_MIN((int64_t)LIN_NB, N - p * LIN_NB);
+        for (int64_t m0 = 0; m0 < M;) {
+            int mr = m0 + LIN_MR <= M ? LIN_MR : 1;
+            if (mr == LIN_MR)
+                lin_kernel(tile, LIN_MR, a + m0 * a_m, a_m, a_k, bp, K);
+            else
+                lin_kernel(tile, 1, a + m0 * a_m, a_m, a_k, bp, K);
+            for (int m = 0; m < mr; m++) {
+                REAL *cr = c + (m0 + m) * ldc + p * LIN_NB;
+                for (int n = 0; n < nv; n++) {
+                    REAL v = tile[m][n];
+                    if (bias)
+                        v += bias[p * LIN_NB + n];
+                    cr[n] = accumulate ? cr[n] + v : v;
+                }
+            }
+            m0 += mr;
+        }
+    }
+}
+
 /* C[r][n] (= or +=) sum_k A[r][k] * B(k, n) (+ bias[n]) for rows x N, A row-major [rows][K],
  * B packed by lin_pack. Parallel over row chunks. */
 static void lin_rows(REAL *c, const REAL *a, const REAL *bpack, const REAL *bias, int64_t rows, int64_t K, int64_t N,
                      int accumulate)
 {
-    int64_t n_pan = (N + LIN_NB - 1) / LIN_NB;
     int64_t n_chunks = (rows + LIN_ROW_CHUNK - 1) / LIN_ROW_CHUNK;
 #pragma omp parallel for schedule(static) if (rows * K * N > PAR_MIN_WORK)
     for (int64_t ch = 0; ch < n_chunks; ch++) {
-        int64_t r_end = GP_MIN(rows, (ch + 1) * LIN_ROW_CHUNK);
-        REAL tile[LIN_MR][LIN_NB];
-        for (int64_t p = 0; p < n_pan; p++) {
-            const REAL *bp = bpack + p * K * LIN_NB;
-            int nv = (int)GP_MIN((int64_t)LIN_NB, N - p * LIN_NB);
-            for (int64_t r = ch * LIN_ROW_CHUNK; r < r_end;) {
-                int mr = r + LIN_MR <= r_end ? LIN_MR : 1;
-                if (mr == LIN_MR)
-                    lin_kernel(tile, LIN_MR, a + r * K, K, 1, bp, K);
-                else
-                    lin_kernel(tile, 1, a + r * K, K, 1, bp, K);
-                for (int m = 0; m < mr; m++) {
-                    REAL *cr = c + (r + m) * N + p * LIN_NB;
-                    for (int n = 0; n < nv; n++) {
-                        REAL v = tile[m][n];
-                        if (bias)
-                            v += bias[p * LIN_NB + n];
-                        cr[n] = accumulate ? cr[n] + v : v;
-                    }
-                }
-                r += mr;
-            }
-        }
+        int64_t r0 = ch * LIN_ROW_CHUNK, nr = GP_MIN((int64_t)LIN_ROW_CHUNK, rows - r0);
+        lin_block(c + r0 * N, N, a + r0 * K, K, 1, nr, bpack, K, N, bias, accumulate);
     }
 }
 
@@ -261,7 +274,7 @@ static void lin_dbias(REAL *d_bias, const REAL *d_out, int64_t rows, int64_t out
 {
     enum { OB = 64 };
     int64_t n_ob = (out_dim + OB - 1) / OB;
-#pragma omp parallel for schedule(static) if (rows * out_dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * out_dim > PAR_MIN_ELEMS)
     for (int64_t ob = 0; ob < n_ob; ob++) {
         int64_t o0 = ob * OB;
         int nv = (int)GP_MIN((int64_t)OB, out_dim - o0);
@@ -312,7 +325,7 @@ void OPS_FN(cpu_rmsnorm_fwd)(REAL *out, REAL *rstd, const REAL *in, const REAL *
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *x = in + r * dim;
         REAL *y = out + r * dim;
@@ -332,7 +345,7 @@ void OPS_FN(cpu_rmsnorm_bwd)(REAL *d_in, REAL *d_w, const REAL *d_out, const REA
         return;
     int64_t n_chunks = (rows + NORM_RED_CHUNK - 1) / NORM_RED_CHUNK;
     double *part = d_w ? scratch_alloc((size_t)(n_chunks * dim) * sizeof(double)) : NULL;
-#pragma omp parallel if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel if (rows * dim > PAR_MIN_ELEMS)
     {
         REAL *tmp = scratch_alloc((size_t)dim * sizeof(REAL));
 #pragma omp for schedule(static)
@@ -363,7 +376,7 @@ void OPS_FN(cpu_rmsnorm_bwd)(REAL *d_in, REAL *d_w, const REAL *d_out, const REA
         free(tmp);
     }
     if (part) {
-#pragma omp parallel for schedule(static) if (n_chunks * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n_chunks * dim > PAR_MIN_ELEMS)
         for (int i = 0; i < dim; i++) {
             double s = 0;
             for (int64_t ch = 0; ch < n_chunks; ch++)
@@ -378,7 +391,7 @@ void OPS_FN(cpu_l2norm_fwd)(REAL *out, REAL *norm, const REAL *in, int64_t rows,
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *x = in + r * dim;
         REAL *y = out + r * dim;
@@ -395,7 +408,7 @@ void OPS_FN(cpu_l2norm_bwd)(REAL *d_in, const REAL *d_out, const REAL *out, cons
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *y = out + r * dim, *dy = d_out + r * dim;
         REAL *dx = d_in + r * dim;
@@ -452,7 +465,7 @@ static void rope_apply(REAL *x, const int32_t *pos, int64_t rows, int n_heads, i
                 rope_cos_sin((int32_t)(pmin + p), i, head_dim, theta, &table[(p * half + i) * 2],
                              &table[(p * half + i) * 2 + 1]);
     }
-#pragma omp parallel if (rows * stride > PAR_MIN_WORK)
+#pragma omp parallel if (rows * stride > PAR_MIN_ELEMS)
     {
         REAL *cs = table ? NULL : scratch_alloc((size_t)half * 2 * sizeof(REAL));
 #pragma omp for schedule(static)
@@ -492,26 +505,66 @@ void OPS_FN(cpu_rope_bwd)(REAL *dx, const int32_t *pos, int64_t rows, int n_head
 
 /* ---- attention ------------------------------------------------------------------------- */
 /* One work item per (sequence, head), on one thread, with that head's keys and values copied
- * into small per-thread buffers: k transposed (kt[d][j], so the scores of one query are an axpy
- * over the keys), plus row layouts where an axpy over d is the natural loop. */
+ * into small per-thread buffers, zero-padded to ATT_VL columns so that every inner loop is a
+ * fixed-width block of register accumulators. The backward handles ATT_TQ queries at a time:
+ * their probabilities and score gradients sit in a [ATT_TQ][len] scratch, and dk, dv receive
+ * one block update per tile rather than one per query. */
+#define ATT_VL 16
+#define ATT_TQ 32
+
+static inline int64_t att_round(int64_t n)
+{
+    return (n + ATT_VL - 1) / ATT_VL * ATT_VL;
+}
+
+/* out[c] = sum_{r < n_rows} w[r*ws] * m[r*ldm + c] for c < att_round(n_cols); m zero-padded
+ * to that width. Each out[c] is one fma chain over r in order. */
+static inline void att_vecmat(REAL *restrict out, const REAL *w, int64_t ws, const REAL *restrict m, int64_t ldm,
+                              int n_rows, int n_cols)
+{
+    for (int c0 = 0; c0 < n_cols; c0 += ATT_VL) {
+        REAL acc[ATT_VL] = {0};
+        for (int r = 0; r < n_rows; r++) {
+            REAL wr = w[r * ws];
+            const REAL *mr = m + r * ldm + c0;
+            for (int l = 0; l < ATT_VL; l++)
+                acc[l] = R_FMA(wr, mr[l], acc[l]);
+        }
+        for (int l = 0; l < ATT_VL; l++)
+            out[c0 + l] = acc[l];
+    }
+}
+
+/* dst[d][j] = src row j, col d (transposed, [hd][ld]) for j < L; zero for L <= j < round(L). */
+static void att_pack_t(REAL *dst, int64_t ld, const REAL *src, int64_t stride, int L, int hd)
+{
+    int64_t Lp = att_round(L);
+    for (int d = 0; d < hd; d++)
+        for (int64_t j = L; j < Lp; j++)
+            dst[d * ld + j] = 0;
+    for (int j = 0; j < L; j++)
+        for (int d = 0; d < hd; d++)
+            dst[(int64_t)d * ld + j] = src[j * stride + d];
+}
+
+/* dst[j][d] (rows of width hdp) = src row j, col d, zero for hd <= d < hdp. */
+static void att_pack_rows(REAL *dst, int64_t hdp, const REAL *src, int64_t stride, int L, int hd)
+{
+    for (int j = 0; j < L; j++) {
+        int d = 0;
+        for (; d < hd; d++)
+            dst[j * hdp + d] = src[j * stride + d];
+        for (; d < hdp; d++)
+            dst[j * hdp + d] = 0;
+    }
+}
+
 static int32_t attn_max_len(const int32_t *seq_len, int n_seq)
 {
     int32_t m = 0;
     for (int s = 0; s < n_seq; s++)
         m = GP_MAX(m, seq_len[s]);
     return m;
-}
-
-/* sc[j] = scale * <q, k_j> for j < n, k given transposed kt[d][ld]. */
-static inline void attn_scores(REAL *restrict sc, const REAL *q, const REAL *kt, int64_t ld, int n, int head_dim,
-                               REAL scale)
-{
-    for (int j = 0; j < n; j++)
-        sc[j] = 0;
-    for (int d = 0; d < head_dim; d++)
-        axpy_r(sc, q[d], kt + d * ld, n);
-    for (int j = 0; j < n; j++)
-        sc[j] *= scale;
 }
 
 void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *k, const REAL *v,
@@ -523,40 +576,36 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
     int32_t lmax = attn_max_len(seq_len, n_seq);
     if (lmax <= 0)
         return;
-    int64_t stride = (int64_t)n_heads * head_dim;
+    int64_t stride = (int64_t)n_heads * head_dim, lp = att_round(lmax), hdp = att_round(head_dim);
     int64_t n_items = (int64_t)n_seq * n_heads;
     REAL scale = (REAL)(1.0 / sqrt((double)head_dim));
-#pragma omp parallel if (n_items * lmax * head_dim > PAR_MIN_WORK / 8)
+#pragma omp parallel if (n_items * lmax * lmax * head_dim > PAR_MIN_WORK)
     {
-        REAL *kt = scratch_alloc((size_t)lmax * head_dim * sizeof(REAL));
-        REAL *vr = scratch_alloc((size_t)lmax * head_dim * sizeof(REAL));
-        REAL *sc = scratch_alloc((size_t)lmax * sizeof(REAL));
-        REAL *o = scratch_alloc((size_t)head_dim * sizeof(REAL));
+        REAL *kt = scratch_alloc((size_t)(head_dim * lp) * sizeof(REAL));
+        REAL *vr = scratch_alloc((size_t)(lp * hdp) * sizeof(REAL));
+        REAL *sc = scratch_alloc((size_t)lp * sizeof(REAL));
+        REAL *o = scratch_alloc((size_t)hdp * sizeof(REAL));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
-            for (int j = 0; j < L; j++)
-                for (int d = 0; d < head_dim; d++) {
-                    kt[(int64_t)d * lmax + j] = k[base + j * stride + d];
-                    vr[(int64_t)j * head_dim + d] = v[base + j * stride + d];
-                }
+            att_pack_t(kt, lp, k + base, stride, L, head_dim);
+            att_pack_rows(vr, hdp, v + base, stride, L, head_dim);
             for (int t = 0; t < L; t++) {
                 int n = causal ? t + 1 : L;
-                attn_scores(sc, q + base + t * stride, kt, lmax, n, head_dim, scale);
-                REAL mx = sc[0];
-                for (int j = 1; j < n; j++)
+                att_vecmat(sc, q + base + t * stride, 1, kt, lp, head_dim, n);
+                REAL mx = sc[0] * scale;
+                for (int j = 0; j < n; j++) {
+                    sc[j] *= scale;
                     mx = sc[j] > mx ? sc[j] : mx;
+                }
                 double sum = 0;
                 for (int j = 0; j < n; j++) {
                     sc[j] = R_EXP(sc[j] - mx);
                     sum += sc[j];
                 }
-                for (int d = 0; d < head_dim; d++)
-                    o[d] = 0;
-                for (int j = 0; j < n; j++)
-                    axpy_r(o, sc[j], vr + (int64_t)j * head_dim, head_dim);
+                att_vecmat(o, sc, 1, vr, hdp, n, head_dim);
                 REAL inv = (REAL)(1.0 / sum);
                 REAL *dst = out + base + t * stride;
                 for (int d = 0; d < head_dim; d++)
@@ -573,8 +622,7 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
 
 /* With p = softmax(s), s = scale q.k:  dv_j = sum_t p_tj do_t;  dp_tj = do_t.v_j;
  * ds_tj = p_tj (dp_tj - <do_t, o_t>);  dq_t = scale sum_j ds_tj k_j;  dk_j = scale sum_t ds_tj q_t.
- * p is recomputed from the saved lse; dk and dv are accumulated transposed (dkt[d][j]) so the
- * per-query updates are axpys over the keys. */
+ * p is recomputed from the saved lse. */
 void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, const REAL *q, const REAL *k,
                                const REAL *v, const REAL *out, const REAL *lse, const int64_t *seq_off,
                                const int32_t *seq_len, int n_seq, int n_heads, int head_dim, int causal)
@@ -584,70 +632,76 @@ void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, 
     int32_t lmax = attn_max_len(seq_len, n_seq);
     if (lmax <= 0)
         return;
-    int64_t stride = (int64_t)n_heads * head_dim;
+    int64_t stride = (int64_t)n_heads * head_dim, lp = att_round(lmax), hdp = att_round(head_dim);
     int64_t n_items = (int64_t)n_seq * n_heads;
     REAL scale = (REAL)(1.0 / sqrt((double)head_dim));
-#pragma omp parallel if (n_items * lmax * head_dim > PAR_MIN_WORK / 8)
+#pragma omp parallel if (n_items * lmax * lmax * head_dim > PAR_MIN_WORK)
     {
-        size_t mat = (size_t)lmax * head_dim * sizeof(REAL);
-        REAL *kt = scratch_alloc(mat), *kr = scratch_alloc(mat), *vt = scratch_alloc(mat);
-        REAL *dkt = scratch_alloc(mat), *dvt = scratch_alloc(mat);
-        REAL *p = scratch_alloc((size_t)lmax * sizeof(REAL));
-        REAL *ds = scratch_alloc((size_t)lmax * sizeof(REAL));
-        REAL *g = scratch_alloc((size_t)head_dim * sizeof(REAL));
+        size_t tmat = (size_t)(head_dim * lp) * sizeof(REAL), rmat = (size_t)(lp * hdp) * sizeof(REAL);
+        size_t tile = (size_t)(ATT_TQ * lp) * sizeof(REAL), trow = (size_t)(ATT_TQ * hdp) * sizeof(REAL);
+        REAL *kt = scratch_alloc(tmat), *vt = scratch_alloc(tmat);
+        REAL *kr = scratch_alloc(rmat), *dka = scratch_alloc(rmat), *dva = scratch_alloc(rmat);
+        REAL *P = scratch_alloc(tile), *DS = scratch_alloc(tile);
+        REAL *qr = scratch_alloc(trow), *dor = scratch_alloc(trow);
+        REAL *g = scratch_alloc((size_t)hdp * sizeof(REAL));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
-            for (int j = 0; j < L; j++)
-                for (int d = 0; d < head_dim; d++) {
-                    REAL kv = k[base + j * stride + d];
-                    kt[(int64_t)d * lmax + j] = kv;
-                    kr[(int64_t)j * head_dim + d] = kv;
-                    vt[(int64_t)d * lmax + j] = v[base + j * stride + d];
-                    dkt[(int64_t)d * lmax + j] = 0;
-                    dvt[(int64_t)d * lmax + j] = 0;
+            att_pack_t(kt, lp, k + base, stride, L, head_dim);
+            att_pack_t(vt, lp, v + base, stride, L, head_dim);
+            att_pack_rows(kr, hdp, k + base, stride, L, head_dim);
+            memset(dka, 0, (size_t)(L * hdp) * sizeof(REAL));
+            memset(dva, 0, (size_t)(L * hdp) * sizeof(REAL));
+            for (int t0 = 0; t0 < L; t0 += ATT_TQ) {
+                int tq = GP_MIN(ATT_TQ, L - t0);
+                int nmax = causal ? t0 + tq : L;
+                att_pack_rows(qr, hdp, q + base + t0 * stride, stride, tq, head_dim);
+                att_pack_rows(dor, hdp, d_out + base + t0 * stride, stride, tq, head_dim);
+                for (int i = 0; i < tq; i++) {
+                    int t = t0 + i, n = causal ? t + 1 : L;
+                    REAL *pr = P + i * lp, *dsr = DS + i * lp;
+                    const REAL *dot = d_out + base + t * stride;
+                    REAL l = lse[(seq_off[s] + t) * n_heads + h];
+                    att_vecmat(pr, q + base + t * stride, 1, kt, lp, head_dim, n);
+                    att_vecmat(dsr, dot, 1, vt, lp, head_dim, n); /* dp */
+                    REAL D = dot_r(dot, out + base + t * stride, head_dim);
+                    for (int j = 0; j < n; j++) {
+                        pr[j] = R_EXP(pr[j] * scale - l);
+                        dsr[j] = pr[j] * (dsr[j] - D) * scale;
+                    }
+                    for (int j = n; j < nmax; j++)
+                        pr[j] = dsr[j] = 0;
+                    att_vecmat(g, dsr, 1, kr, hdp, n, head_dim);
+                    REAL *dqt = dq + base + t * stride;
+                    for (int d = 0; d < head_dim; d++)
+                        dqt[d] = g[d];
                 }
-            for (int t = 0; t < L; t++) {
-                int n = causal ? t + 1 : L;
-                const REAL *qt = q + base + t * stride, *dot = d_out + base + t * stride;
-                REAL l = lse[(seq_off[s] + t) * n_heads + h];
-                attn_scores(p, qt, kt, lmax, n, head_dim, scale);
-                for (int j = 0; j < n; j++)
-                    p[j] = R_EXP(p[j] - l);
-                REAL D = dot_r(dot, out + base + t * stride, head_dim);
-                for (int j = 0; j < n; j++)
-                    ds[j] = 0;
-                for (int d = 0; d < head_dim; d++) {
-                    axpy_r(ds, dot[d], vt + (int64_t)d * lmax, n); /* dp_j */
-                    axpy_r(dvt + (int64_t)d * lmax, dot[d], p, n);
+                for (int j = 0; j < nmax; j++) {
+                    att_vecmat(g, DS + j, lp, qr, hdp, tq, head_dim);
+                    for (int d = 0; d < hdp; d++)
+                        dka[j * hdp + d] += g[d];
+                    att_vecmat(g, P + j, lp, dor, hdp, tq, head_dim);
+                    for (int d = 0; d < hdp; d++)
+                        dva[j * hdp + d] += g[d];
                 }
-                for (int j = 0; j < n; j++)
-                    ds[j] = p[j] * (ds[j] - D) * scale;
-                for (int d = 0; d < head_dim; d++) {
-                    g[d] = 0;
-                    axpy_r(dkt + (int64_t)d * lmax, qt[d], ds, n);
-                }
-                for (int j = 0; j < n; j++)
-                    axpy_r(g, ds[j], kr + (int64_t)j * head_dim, head_dim);
-                REAL *dqt = dq + base + t * stride;
-                for (int d = 0; d < head_dim; d++)
-                    dqt[d] = g[d];
             }
             for (int j = 0; j < L; j++)
                 for (int d = 0; d < head_dim; d++) {
-                    dk[base + j * stride + d] = dkt[(int64_t)d * lmax + j];
-                    dv[base + j * stride + d] = dvt[(int64_t)d * lmax + j];
+                    dk[base + j * stride + d] = dka[j * hdp + d];
+                    dv[base + j * stride + d] = dva[j * hdp + d];
                 }
         }
         free(g);
-        free(ds);
-        free(p);
-        free(dvt);
-        free(dkt);
-        free(vt);
+        free(dor);
+        free(qr);
+        free(DS);
+        free(P);
+        free(dva);
+        free(dka);
         free(kr);
+        free(vt);
         free(kt);
     }
 }
@@ -660,7 +714,7 @@ static inline REAL sigmoid_r(REAL a)
 
 void OPS_FN(cpu_swiglu_fwd)(REAL *out, const REAL *a, const REAL *b, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++)
         out[i] = a[i] * sigmoid_r(a[i]) * b[i];
 }
@@ -668,7 +722,7 @@ void OPS_FN(cpu_swiglu_fwd)(REAL *out, const REAL *a, const REAL *b, int64_t n)
 /* d silu(a)/da = sig (1 + a (1 - sig)). */
 void OPS_FN(cpu_swiglu_bwd)(REAL *da, REAL *db, const REAL *d_out, const REAL *a, const REAL *b, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         REAL sg = sigmoid_r(a[i]);
         REAL silu = a[i] * sg;
@@ -680,14 +734,14 @@ void OPS_FN(cpu_swiglu_bwd)(REAL *da, REAL *db, const REAL *d_out, const REAL *a
 
 void OPS_FN(cpu_relu_fwd)(REAL *out, const REAL *in, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++)
         out[i] = in[i] > 0 ? in[i] : 0;
 }
 
 void OPS_FN(cpu_relu_bwd)(REAL *d_in, const REAL *d_out, const REAL *out, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++)
         d_in[i] = out[i] > 0 ? d_out[i] : 0;
 }
@@ -698,7 +752,7 @@ void OPS_FN(cpu_embedding_fwd)(REAL *out, const REAL *table, const int32_t *ids,
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (rows * dim > PAR_MIN_ELEMS)
     for (int64_t r = 0; r < rows; r++) {
         const REAL *src = table + (int64_t)ids[r] * dim;
         REAL *dst = out + r * dim;
@@ -717,7 +771,7 @@ void OPS_FN(cpu_embedding_bwd)(REAL *d_table, const REAL *d_out, const int32_t *
 {
     if (rows <= 0 || dim <= 0)
         return;
-#pragma omp parallel if (rows * dim > PAR_MIN_WORK)
+#pragma omp parallel if (rows * dim > PAR_MIN_ELEMS)
     {
         uint32_t nt = (uint32_t)omp_get_num_threads(), tid = (uint32_t)omp_get_thread_num();
         for (int64_t r = 0; r < rows; r++) {
@@ -734,9 +788,14 @@ void OPS_FN(cpu_embedding_bwd)(REAL *d_table, const REAL *d_out, const int32_t *
 
 /* ---- losses ---------------------------------------------------------------------------- */
 /* Parallel over sequences: the rows of a sequence are handled by one thread in increasing row
- * order, which makes the d_neg accumulation (shared by all rows of a sequence) deterministic
- * without any cross-thread reduction. The sequence's negatives are also packed transposed so
- * all negative scores of a row are axpys over the negatives. */
+ * order, so d_neg (shared by all rows of a sequence) is accumulated deterministically without
+ * any cross-thread reduction. Within a sequence, rows go in blocks of SS_RB through the linear
+ * micro-kernel: logits = H N^T, then d_h = G N and d_neg += G^T H with G the logit gradients. */
+static int64_t ss_block_rows(int n_neg)
+{
+    return GP_MAX((int64_t)LIN_MR, GP_MIN((int64_t)64, ((int64_t)1 << 18) / GP_MAX(n_neg, 1)));
+}
+
 void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL *d_neg, const REAL *h,
                                  const REAL *pos_emb, const REAL *neg_emb, const int32_t *label,
                                  const int32_t *neg_ids, const int32_t *row_seq, int64_t n_rows, int n_seq,
@@ -768,13 +827,19 @@ void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL 
         free(fill);
     }
     int grads = d_h || d_pos || d_neg;
+    int64_t rb_max = ss_block_rows(n_neg);
+    int64_t neg_pan = (n_neg + LIN_NB - 1) / LIN_NB, dim_pan = (dim + LIN_NB - 1) / LIN_NB;
+    int64_t ldz = GP_MAX(neg_pan, (int64_t)1) * LIN_NB;
     int64_t work = n_rows * (int64_t)(n_neg + 1) * dim;
 #pragma omp parallel if (work > PAR_MIN_WORK)
     {
-        REAL *negt = scratch_alloc((size_t)dim * (n_neg + 1) * sizeof(REAL));
-        REAL *sc = scratch_alloc((size_t)(n_neg + 1) * sizeof(REAL));
-        double *z = scratch_alloc((size_t)(n_neg + 1) * sizeof(double));
-        REAL *gh = scratch_alloc((size_t)dim * sizeof(REAL));
+        REAL *negp_t = scratch_alloc((size_t)(neg_pan * dim * LIN_NB + 1) * sizeof(REAL)); /* B of H N^T */
+        REAL *negp = scratch_alloc((size_t)(dim_pan * n_neg * LIN_NB + 1) * sizeof(REAL)); /* B of G N */
+        REAL *hs = scratch_alloc((size_t)(rb_max * dim) * sizeof(REAL));
+        REAL *hsp = scratch_alloc((size_t)(dim_pan * rb_max * LIN_NB) * sizeof(REAL)); /* B of G^T H */
+        REAL *Z = scratch_alloc((size_t)(rb_max * ldz) * sizeof(REAL));
+        REAL *gh = scratch_alloc((size_t)(rb_max * dim) * sizeof(REAL));
+        REAL *g0 = scratch_alloc((size_t)rb_max * sizeof(REAL));
 #pragma omp for schedule(dynamic, 1)
         for (int s = 0; s < n_seq; s++) {
             seq_loss[s] = 0;
@@ -782,62 +847,81 @@ void OPS_FN(cpu_sampled_softmax)(double *loss_sum, REAL *d_h, REAL *d_pos, REAL 
                 continue;
             const REAL *neg = neg_emb + (int64_t)s * n_neg * dim;
             const int32_t *nid = neg_ids + (int64_t)s * n_neg;
-            for (int j = 0; j < n_neg; j++)
-                for (int d = 0; d < dim; d++)
-                    negt[(int64_t)d * n_neg + j] = neg[(int64_t)j * dim + d];
-            for (int64_t q = first[s]; q < first[s + 1]; q++) {
-                int64_t p = order[q];
-                const REAL *hp = h + p * dim, *pp = pos_emb + p * dim;
-                REAL s0 = dot_r(hp, pp, dim);
-                for (int j = 0; j < n_neg; j++)
-                    sc[j] = 0;
-                for (int d = 0; d < dim; d++)
-                    axpy_r(sc, hp[d], negt + (int64_t)d * n_neg, n_neg);
-                int kept = 0;
-                for (int j = 0; j < n_neg; j++)
-                    kept += nid[j] != label[p];
-                double corr = logq && kept > 0 ? log((double)kept) : 0.0;
-                double z0 = (double)s0 * inv_temp, mx = z0;
-                for (int j = 0; j < n_neg; j++)
-                    if (nid[j] != label[p]) {
-                        z[j] = ((double)sc[j] - corr) * inv_temp;
-                        mx = z[j] > mx ? z[j] : mx;
+            lin_pack(neg, 1, dim, dim, n_neg, negp_t); /* B(k=d, n=j) = neg[j][d] */
+            if (d_h)
+                lin_pack(neg, dim, 1, n_neg, dim, negp); /* B(k=j, n=d) = neg[j][d] */
+            for (int64_t q0 = first[s]; q0 < first[s + 1]; q0 += rb_max) {
+                int64_t rb = GP_MIN(rb_max, first[s + 1] - q0);
+                for (int64_t i = 0; i < rb; i++)
+                    memcpy(hs + i * dim, h + order[q0 + i] * dim, (size_t)dim * sizeof(REAL));
+                lin_block(Z, ldz, hs, dim, 1, rb, negp_t, dim, n_neg, NULL, 0);
+                for (int64_t i = 0; i < rb; i++) {
+                    int64_t p = order[q0 + i];
+                    const REAL *hp = hs + i * dim, *pp = pos_emb + p * dim;
+                    REAL *z = Z + i * ldz;
+                    int32_t y = label[p];
+                    int kept = 0;
+                    for (int j = 0; j < n_neg; j++)
+                        kept += nid[j] != y;
+                    REAL corr = logq && kept > 0 ? (REAL)log((double)kept) : 0;
+                    REAL z0 = dot_r(hp, pp, dim) * inv_temp, mx = z0;
+                    for (int j = 0; j < n_neg; j++)
+                        if (nid[j] != y) {
+                            z[j] = (z[j] - corr) * inv_temp;
+                            mx = z[j] > mx ? z[j] : mx;
+                        }
+                    double neg_sum = 0;
+                    for (int j = 0; j < n_neg; j++) {
+                        if (nid[j] != y) {
+                            z[j] = R_EXP(z[j] - mx);
+                            neg_sum += z[j];
+                        } else {
+                            z[j] = 0; /* excluded: zero probability and zero gradient */
+                        }
                     }
-                double neg_sum = 0;
-                for (int j = 0; j < n_neg; j++)
-                    if (nid[j] != label[p]) {
-                        z[j] = exp(z[j] - mx);
-                        neg_sum += z[j];
-                    }
-                double sum = exp(z0 - mx) + neg_sum;
-                double lse = mx + log(sum);
-                seq_loss[s] += lse - z0;
-                if (!grads)
-                    continue;
-                /* d loss / d z0 = p0 - 1, d loss / d zj = pj; z = score * inv_temp */
-                double gs = (double)grad_scale * inv_temp, inv_sum = 1.0 / sum;
-                REAL g0 = (REAL)(-(neg_sum * inv_sum) * gs); /* p0 - 1 without cancellation */
-                for (int d = 0; d < dim; d++)
-                    gh[d] = g0 * pp[d];
-                for (int j = 0; j < n_neg; j++) {
-                    if (nid[j] == label[p])
+                    double sum = (double)R_EXP(z0 - mx) + neg_sum;
+                    seq_loss[s] += (double)mx + log(sum) - (double)z0;
+                    if (!grads)
                         continue;
-                    REAL gj = (REAL)(z[j] * inv_sum * gs);
-                    axpy_r(gh, gj, neg + (int64_t)j * dim, dim);
-                    if (d_neg)
-                        axpy_r(d_neg + ((int64_t)s * n_neg + j) * dim, gj, hp, dim);
+                    /* d loss / d z0 = p0 - 1 = -(sum of negatives' weights) / sum, written so
+                     * it does not cancel; d loss / d zj = pj; z = score * inv_temp */
+                    double gs = (double)grad_scale * inv_temp, inv_sum = 1.0 / sum;
+                    g0[i] = (REAL)(-(neg_sum * inv_sum) * gs);
+                    REAL gj = (REAL)(inv_sum * gs);
+                    for (int j = 0; j < n_neg; j++)
+                        z[j] *= gj;
+                    if (d_pos)
+                        axpy_r(d_pos + p * dim, g0[i], hp, dim);
                 }
-                if (d_h)
-                    for (int d = 0; d < dim; d++)
-                        d_h[p * dim + d] += gh[d];
-                if (d_pos)
-                    axpy_r(d_pos + p * dim, g0, hp, dim);
+                if (!grads || n_neg == 0) {
+                    if (d_h)
+                        for (int64_t i = 0; i < rb; i++)
+                            axpy_r(d_h + order[q0 + i] * dim, g0[i], pos_emb + order[q0 + i] * dim, dim);
+                    continue;
+                }
+                if (d_h) {
+                    lin_block(gh, dim, Z, ldz, 1, rb, negp, n_neg, dim, NULL, 0);
+                    for (int64_t i = 0; i < rb; i++) {
+                        int64_t p = order[q0 + i];
+                        const REAL *pp = pos_emb + p * dim;
+                        REAL *dst = d_h + p * dim;
+                        for (int d = 0; d < dim; d++)
+                            dst[d] += R_FMA(g0[i], pp[d], gh[i * dim + d]);
+                    }
+                }
+                if (d_neg) {
+                    lin_pack(hs, dim, 1, rb, dim, hsp); /* B(k=row, n=d) = hs[row][d] */
+                    lin_block(d_neg + (int64_t)s * n_neg * dim, dim, Z, 1, ldz, n_neg, hsp, rb, dim, NULL, 1);
+                }
             }
         }
+        free(g0);
         free(gh);
-        free(z);
-        free(sc);
-        free(negt);
+        free(Z);
+        free(hsp);
+        free(hs);
+        free(negp);
+        free(negp_t);
     }
     double total = 0;
     for (int s = 0; s < n_seq; s++)
@@ -867,7 +951,7 @@ void OPS_FN(cpu_softmax_xent)(double *loss_sum, REAL *d_h, REAL *d_emb, const RE
     for (int64_t c0 = 0; c0 < n_rows; c0 += chunk) {
         int64_t nr = GP_MIN(chunk, n_rows - c0);
         OPS_FN(cpu_linear_fwd)(logit, h + c0 * dim, emb, NULL, nr, dim, n_classes);
-#pragma omp parallel for schedule(static) if (nr * n_classes > PAR_MIN_WORK / 4)
+#pragma omp parallel for schedule(static) if (nr * n_classes > PAR_MIN_ELEMS)
         for (int64_t r = 0; r < nr; r++) {
             REAL *lg = logit + r * n_classes;
             int32_t y = label[c0 + r];
@@ -954,14 +1038,14 @@ void OPS_FN(cpu_adamw)(REAL *p, const REAL *g, REAL *m, REAL *v, int64_t n, doub
     const REAL bc2_sqrt = (REAL)sqrt(bc2), step_size = (REAL)(-(lr / bc1)), e = (REAL)eps;
     const REAL gsc = (REAL)grad_scale;
     const int lerp_low = wm < (REAL)0.5;
-#pragma omp parallel for schedule(static) if (n > PAR_MIN_WORK)
+#pragma omp parallel for schedule(static) if (n > PAR_MIN_ELEMS)
     for (int64_t i = 0; i < n; i++) {
         REAL gi = g[i] * gsc;
         REAL pi = p[i] * decay;
         /* torch.lerp: start + w (end - start) when w < 0.5, else end - (end - start)(1 - w) */
         REAL mi = lerp_low ? m[i] + wm * (gi - m[i]) : gi - (gi - m[i]) * ((REAL)1 - wm);
         REAL vi = v[i] * b2 + wv * gi * gi;
-        REAL den = sqrt(vi) / bc2_sqrt + e;
+        REAL den = R_SQRT(vi) / bc2_sqrt + e;
         p[i] = pi + step_size * (mi / den);
         m[i] = mi;
         v[i] = vi;
