@@ -26,8 +26,8 @@ const char cli_embedded_default[] =
     "eval_batch_size = 1024\n"
     "warmup_steps = 50\n"
     "log_every = 10\n"
-    "pretrain.epochs = 6\n"
-    "finetune.epochs = 3\n"
+    "pretrain.epochs = 10\n"
+    "finetune.epochs = 4\n"
     "out_dir = runs/default\n";
 
 /* gpsd's own defaults: finetune transfers the pretrained item table and freezes it. */
@@ -94,7 +94,7 @@ void cmd_gpsd_usage(FILE *f)
                "full = FT, sparse = ST, with or without SF). Stages write into out_dir/pretrain and\n"
                "out_dir/finetune.\n\n"
                "With no config files it runs the embedded default: a synthetic dataset (out_dir/data.gpsd,\n"
-               "generated once), an L2H32A2 model, 6 pretraining epochs and 3 finetuning epochs, on the GPU\n"
+               "generated once), an L2H32A2 model, 10 pretraining epochs and 4 finetuning epochs, on the GPU\n"
                "when there is one, else the CPU; it prints the test AUC next to the generator's ceiling.\n");
     cli_print_keys(f);
 }

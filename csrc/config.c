@@ -205,12 +205,39 @@ static const cfg_key *find_key(const cfg_key *keys, int n, const char *name)
     return NULL;
 }
 
+/* Whether name is one of the comma-separated aliases. */
+static int is_alias(const char *aliases, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = aliases; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == n && strncasecmp(p, name, n) == 0)
+            return 1;
+        p = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}
+
 const char *cfg_nearest_key(const cfg_key *keys, int n, const char *name)
 {
+    for (int i = 0; i < n; i++)
+        if (is_alias(keys[i].aliases, name))
+            return keys[i].key;
     const char *best = NULL;
     int best_d = 1 << 30;
     for (int i = 0; i < n; i++) {
         int d = gp_edit_distance(keys[i].key, name);
+        /* A misspelt alias ("lerning_rate") points at its key too. */
+        for (const char *p = keys[i].aliases; p && *p;) {
+            const char *comma = strchr(p, ',');
+            char alias[64];
+            snprintf(alias, sizeof alias, "%.*s", (int)(comma ? (size_t)(comma - p) : strlen(p)), p);
+            int da = gp_edit_distance(alias, name);
+            if (da < d)
+                d = da;
+            p = comma ? comma + 1 : NULL;
+        }
         if (d < best_d) {
             best_d = d;
             best = keys[i].key;
@@ -220,8 +247,7 @@ const char *cfg_nearest_key(const cfg_key *keys, int n, const char *name)
     int limit = len / 3 > 2 ? len / 3 : 2;
     if (best && best_d <= limit)
         return best;
-    /* A key contained in the name or vice versa is also a good hint ("learning_rate" -> "lr" is not,
-     * but "n_layer" -> "n_layers" is caught above). */
+    /* A key contained in the name or the other way round is also a good hint. */
     for (int i = 0; i < n; i++)
         if (strstr(keys[i].key, name) || strstr(name, keys[i].key))
             return keys[i].key;

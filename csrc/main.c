@@ -1,4 +1,5 @@
 /* gpsdrec: command dispatch. */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,11 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* Training allocates and frees the same large scratch buffers every step; letting glibc hand
+     * them back to the kernel each time turns every step into page faults (measured 8x slower
+     * after synth had grown and shrunk the heap). Keep freed memory for reuse instead. */
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         if (argc >= 3 && strcmp(argv[1], "help") == 0) {
             for (int i = 0; i < n_commands; i++)

@@ -40,6 +40,8 @@ typedef struct {
     const char *choices; /* "a|b|c" for ENUM; the field holds the index */
     size_t offset;       /* offset of the field in the settings struct */
     const char *help;
+    const char *aliases; /* comma-separated names other tools use for this key (the official gin
+                            names, e.g. "learning_rate"): suggested, never accepted silently */
 } cfg_key;
 
 typedef struct {

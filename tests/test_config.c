@@ -193,4 +193,10 @@ TEST(config_nearest_key)
     CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "n_head"), "n_heads") == 0);
     CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "warmup"), "warmup_steps") == 0);
     CHECK(cfg_nearest_key(settings_keys, settings_n_keys, "zzzzzzzzzzzz") == NULL);
+    /* The official gin names (and misspellings of them) point at gpsdrec's keys. */
+    CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "learning_rate"), "lr") == 0);
+    CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "lerning_rate"), "lr") == 0);
+    CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "max_grads_norm"), "max_grad_norm") == 0);
+    CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "n_samples"), "n_negatives") == 0);
+    CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "epoch"), "epochs") == 0);
 }
