@@ -591,6 +591,8 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
+            if (L <= 0)
+                continue;
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
             att_pack_t(kt, lp, k + base, stride, L, head_dim);
             att_pack_rows(vr, hdp, v + base, stride, L, head_dim);
@@ -650,6 +652,8 @@ void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, 
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
+            if (L <= 0)
+                continue;
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
             att_pack_t(kt, lp, k + base, stride, L, head_dim);
             att_pack_t(vt, lp, v + base, stride, L, head_dim);
