@@ -992,6 +992,21 @@ TEST(cpu_ops_float_matches_double)
         FREE(hf, pf, nf, dh, dp, dn, dhf, dpf, dnf, de, def, lab, nrm);
         ss_free(&c);
     }
+    /* bce on the first 70 x values as logits */
+    {
+        int32_t *lab = rnd_ids(rows, 3);
+        double ld = 0, *pd = zeros(rows), *gd = zeros(rows);
+        float *pfl = calloc(rows, 4), *gfl = calloc(rows, 4);
+        int64_t cd = 0, cf = 0;
+        double lf = 0;
+        cpu_bce_logits_f64(&ld, &cd, pd, gd, x, lab, rows, 0.37);
+        cpu_bce_logits(&lf, &cf, pfl, gfl, xf, lab, rows, 0.37f);
+        CHECK_NEAR(lf, ld, 1e-6 * fabs(ld));
+        CHECK(cf == cd, "bce counts %lld vs %lld", (long long)cf, (long long)cd);
+        AGREE(pfl, pd, rows, 1e-6, "bce prob");
+        AGREE(gfl, gd, rows, 1e-6, "bce d_logit");
+        FREE(lab, pd, gd, pfl, gfl);
+    }
     FREE(x, w, b, dy, xf, wf, bf, dyf, y, dx, dw, db, yf, dxf, dwf, dbf, nw, dx2, dnw, st, o, nwf, dx2f, dnwf, stf, of,
          g, gf, pos);
 }

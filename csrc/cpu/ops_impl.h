@@ -455,9 +455,11 @@ static void rope_apply(REAL *x, const int32_t *pos, int64_t rows, int n_heads, i
         pmin = GP_MIN(pmin, pos[r]);
         pmax = GP_MAX(pmax, pos[r]);
     }
+    /* a cos/sin table over the range of positions, unless that range is much larger than the
+     * number of rows (then computing per row is cheaper) */
     REAL *table = NULL;
     int64_t n_pos = (int64_t)pmax - pmin + 1;
-    if (n_pos * half <= ROPE_TABLE_MAX && n_pos * half < rows * half * 2 + 4096) {
+    if (n_pos * half <= ROPE_TABLE_MAX && n_pos <= 2 * rows + 64) {
         table = scratch_alloc((size_t)(n_pos * half * 2) * sizeof(REAL));
 #pragma omp parallel for schedule(static) if (n_pos * half > 4096)
         for (int64_t p = 0; p < n_pos; p++)
@@ -589,6 +591,8 @@ void OPS_FN(cpu_attention_fwd)(REAL *out, REAL *lse, const REAL *q, const REAL *
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
+            if (L <= 0)
+                continue;
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
             att_pack_t(kt, lp, k + base, stride, L, head_dim);
             att_pack_rows(vr, hdp, v + base, stride, L, head_dim);
@@ -648,6 +652,8 @@ void OPS_FN(cpu_attention_bwd)(REAL *dq, REAL *dk, REAL *dv, const REAL *d_out, 
         for (int64_t item = 0; item < n_items; item++) {
             int s = (int)(item / n_heads), h = (int)(item % n_heads);
             int L = seq_len[s];
+            if (L <= 0)
+                continue;
             int64_t base = seq_off[s] * stride + (int64_t)h * head_dim;
             att_pack_t(kt, lp, k + base, stride, L, head_dim);
             att_pack_t(vt, lp, v + base, stride, L, head_dim);
