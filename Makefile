@@ -57,7 +57,7 @@ LIB_OBJ  := $(HOST_SRC:%.c=$(OBJDIR)/%.o) $(OBJ_EXTRA)
 MAIN_OBJ := $(OBJDIR)/csrc/main.o
 TEST_OBJ := $(TEST_SRC:%.c=$(OBJDIR)/%.o) $(OBJDIR)/tests/test_main.o
 GPUTEST_OBJ := $(GPUTEST_SRC:%.c=$(OBJDIR)/%.o) $(OBJDIR)/tests/test_main.o
-DEPS     := $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPUTEST_OBJ:.o=.d)
+DEPS     := $(OBJDIR)/benchmarks/bench_step.d $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPUTEST_OBJ:.o=.d)
 
 .PHONY: all test test-gpu bench clean kernels flavor
 all: gpsdrec flavor
@@ -95,6 +95,9 @@ $(BUILD)/cuda/tests/%.o: tests/%.c Makefile
 $(BUILD)/test_$(FLAVOR): $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
+$(BUILD)/bench_step: $(OBJDIR)/benchmarks/bench_step.o $(LIB_OBJ)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+
 $(BUILD)/test_gpu: $(GPUTEST_OBJ) $(LIB_OBJ)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
@@ -106,6 +109,9 @@ ifneq ($(WITH_CUDA),1)
 	$(error make test-gpu needs a CUDA build (nvcc not found or CUDA=0))
 endif
 	./$(BUILD)/test_gpu $(T)
+
+bench: gpsdrec $(BUILD)/bench_step
+	sh benchmarks/run_bench.sh
 
 clean:
 	rm -rf $(BUILD) gpsdrec

@@ -87,8 +87,8 @@ int main(int argc, char **argv)
     }
     gp_settings s;
     const cfg_assignment *origin[256];
-    if (settings_resolve(&l, STAGE_PRETRAIN, &s, origin, &e) != 0 ||
-        settings_resolve(&l, s.stage == STAGE_FINETUNE ? STAGE_FINETUNE : STAGE_PRETRAIN, &s, origin, &e) != 0 ||
+    int stage = STAGE_PRETRAIN;
+    if (settings_stage_of(&l, &stage, &e) != 0 || settings_resolve(&l, stage, &s, origin, &e) != 0 ||
         settings_validate(&s, &e) != 0)
         goto fail;
     model_config mc;
@@ -96,6 +96,7 @@ int main(int argc, char **argv)
     if (model_config_from_settings(&mc, &s, items, cates, &e) != 0 || model_layout_build(&ml, &mc, &e) != 0)
         goto fail;
     size_t free0 = 0, free_min = 0, total = 0;
+    (void)total;
 #ifdef GPSDREC_WITH_CUDA
     if (s.device != DEVICE_CPU && backend_cuda_available()) {
         cudaFree(0);

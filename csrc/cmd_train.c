@@ -67,9 +67,9 @@ int cmd_train(int argc, char **argv)
     }
     gp_settings s;
     const cfg_assignment *origin[256];
-    /* The stage key picks the scope; resolve once unscoped to read it. */
-    if (cli_resolve(&l, STAGE_PRETRAIN, &s, origin, &e) != 0 ||
-        cli_resolve(&l, s.stage == STAGE_FINETUNE ? STAGE_FINETUNE : STAGE_PRETRAIN, &s, origin, &e) != 0 ||
+    /* The stage key picks the scope of the stage-scoped keys. */
+    int stage = STAGE_PRETRAIN;
+    if (settings_stage_of(&l, &stage, &e) != 0 || cli_resolve(&l, stage, &s, origin, &e) != 0 ||
         settings_validate(&s, &e) != 0 || cli_ensure_data(&s, s.out_dir, &e) != 0) {
         cfg_list_free(&l);
         return cli_error("train", &e);

@@ -102,6 +102,16 @@ int settings_resolve(const cfg_list *l, int stage, gp_settings *s, const cfg_ass
     return 0;
 }
 
+int settings_stage_of(const cfg_list *l, int *stage, gp_err *e)
+{
+    gp_settings *s = gp_xcalloc(1, sizeof *s);
+    int rc = cfg_resolve(settings_keys, settings_n_keys, l, NULL, s, NULL, e);
+    if (rc == 0)
+        *stage = s->stage;
+    free(s);
+    return rc;
+}
+
 int settings_validate(const gp_settings *s, gp_err *e)
 {
     if (s->dim % s->n_heads != 0)

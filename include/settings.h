@@ -67,6 +67,8 @@ extern const char settings_stage_defaults[];
 /* Resolve `l` (which should start with the stage defaults) for the given stage. The caller
  * runs settings_validate once it has filled anything the command derives (e.g. gpsd's init_from). */
 int settings_resolve(const cfg_list *l, int stage, gp_settings *s, const cfg_assignment **origin, gp_err *e);
+/* The stage a `train` run is for: the value of the unscoped `stage` key. */
+int settings_stage_of(const cfg_list *l, int *stage, gp_err *e);
 /* Cross-key checks that a single key's range cannot express (dim divisible by n_heads, ...). */
 int settings_validate(const gp_settings *s, gp_err *e);
 void settings_print(const gp_settings *s, const cfg_assignment **origin, FILE *f);

@@ -105,5 +105,5 @@ TEST(cli_end_to_end_tiny)
     EXPECT(args, 0, "item_embeddings.weight", "layers.0.attention.wq.weight", "rank_head.w2.bias", "pretrain");
     /* The saved settings reload as a config and reproduce the run's settings. */
     snprintf(args, sizeof args, "train %s/e2e/finetune/settings.conf --max_steps 1 --out_dir %s/e2e/again --eval_max_samples 10", tmp, tmp);
-    EXPECT(args, 0, "done");
+    EXPECT(args, 0, "[finetune] done", "item table frozen");
 }
