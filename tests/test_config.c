@@ -200,3 +200,48 @@ TEST(config_nearest_key)
     CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "n_samples"), "n_negatives") == 0);
     CHECK(strcmp(cfg_nearest_key(settings_keys, settings_n_keys, "epoch"), "epochs") == 0);
 }
+
+#include <dirent.h>
+
+/* Every config shipped in configs/ resolves for both stages (run from the repository root). */
+static int check_config_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *ent;
+    while ((ent = readdir(d))) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, ent->d_name);
+        if (ent->d_name[0] == '.')
+            continue;
+        if (ent->d_type == DT_DIR) {
+            n += check_config_dir(path);
+            continue;
+        }
+        if (!strstr(ent->d_name, ".conf"))
+            continue;
+        for (int stage = 0; stage < 2; stage++) {
+            cfg_list l = {0};
+            gp_err e = {{0}};
+            gp_settings s;
+            int rc = cfg_parse_text(&l, settings_stage_defaults, "stage defaults", &e);
+            if (rc == 0)
+                rc = cfg_parse_file(&l, path, &e);
+            if (rc == 0)
+                rc = settings_resolve(&l, stage, &s, NULL, &e);
+            CHECK(rc == 0, "%s: %s", path, e.msg);
+            cfg_list_free(&l);
+        }
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+TEST(config_shipped_configs_resolve)
+{
+    int n = check_config_dir("configs");
+    CHECK(n >= 10, "only %d configs found under configs/", n);
+}
