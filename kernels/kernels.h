@@ -159,6 +159,9 @@ cudaError_t k_softmax_xent_rows(float *loss, gp_bf16 *d_logits, const float *log
 cudaError_t k_bce_logits(float *prob, float *loss, float *d_logit, float *d_bias, const float *logit,
                          const float *bias, const int32_t *label, int64_t n, float scale, cudaStream_t s);
 
+/* y[i] += a * x[i] for i < n (fp32). */
+cudaError_t k_axpy(float *y, const float *x, float a, int64_t n, cudaStream_t s);
+
 /* ---- evaluation -------------------------------------------------------------------------- */
 /* Next-item ranking: for each row r < rows, count[r] += the number of columns j < cols with
  * col_base + j != 0 (padding), col_base + j != target[r], and scores[r*ld + j] > threshold[r].

@@ -67,8 +67,8 @@ struct cuda_model {
     float *d_hp, *d_post, *d_hf, *d_x, *d_h, *d_n, *d_pn, *d_x0, *norm_partial;
     gp_bf16 *d_post16, *d_x16, *d_h16, *d_g16, *d_ab16, *d_att16, *d_qkv16;
     /* ranking */
-    float *rank_table, *rank_norm, *rank_scores, *rank_target_score;
-    gp_bf16 *rank_table16, *rank_query16;
+    float *rank_table, *rank_norm, *rank_scores, *rank_target_score, *rank_tmp;
+    gp_bf16 *rank_table16, *rank_query16, *rank_target16;
     int64_t *rank_count;
     int64_t rank_chunk;
     /* scatter-add of embedding gradients */
@@ -456,7 +456,7 @@ void cuda_model_destroy(cuda_model *m)
     void *bufs[] = {m->item, m->item_g, m->item_m, m->item_v, m->P, m->P16, m->G, m->M, m->V, m->d_sumsq, m->d_sums,
                     m->d_scratch, m->act, m->meta_dev, m->scat_scratch, m->r_p, m->r_g, m->r_m, m->r_v, m->r_b16,
                     m->r_len, m->rank_table, m->rank_norm, m->rank_scores, m->rank_target_score, m->rank_table16,
-                    m->rank_query16, m->rank_count};
+                    m->rank_query16, m->rank_count, m->rank_target16, m->rank_tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             cudaFree(bufs[i]);
@@ -749,8 +749,7 @@ static int normalise_bwd(cuda_model *m, float *d_in, const float *d_out, const f
     if (c->l2_norm) {
         CU(k_l2norm_bwd(d_in, d_out, out, norm, rows, m->E, c->l2_eps, accumulate, m->stream));
     } else if (accumulate) {
-        /* out = in: d_in += d_out is a row add over every row. */
-        return gp_fail(e, "l2_norm = false with an accumulating normalisation backward is not supported on CUDA");
+        CU(k_axpy(d_in, d_out, 1.0f, rows * m->E, m->stream));
     } else {
         CU(cudaMemcpyAsync(d_in, d_out, F32(rows * m->E), cudaMemcpyDeviceToDevice, m->stream));
     }
@@ -1072,6 +1071,8 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
             dev_alloc(m, (void **)&m->rank_scores, F32((size_t)m->B * m->rank_chunk), "ranking scores", e) ||
             dev_alloc(m, (void **)&m->rank_target_score, F32((size_t)m->B), "target scores", e) ||
             dev_alloc(m, (void **)&m->rank_query16, B16((size_t)m->B * E), "ranking queries", e) ||
+            dev_alloc(m, (void **)&m->rank_target16, B16((size_t)m->B * E), "ranking targets", e) ||
+            dev_alloc(m, (void **)&m->rank_tmp, F32((size_t)m->B * E), "ranking scratch", e) ||
             dev_alloc(m, (void **)&m->rank_count, sizeof(int64_t) * (size_t)m->B, "rank counts", e))
             return -1;
     }
@@ -1082,11 +1083,10 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
     if (normalise(m, m->Hn, m->rank_query16, m->Hnorm, m->Hg, Bc, e) != 0)
         return -1;
     /* The target's own score from the same bf16 operands as the catalogue scores. */
-    CU(k_gather_rows(m->Le, NULL, m->rank_table, m->md.target_item, Bc, E, s));
-    CU(k_bf16_to_f32(m->Ln, m->rank_query16, (int64_t)Bc * E, s));
-    CU(k_f32_to_bf16(m->Nn16, m->Le, (int64_t)Bc * E, s));
-    CU(k_bf16_to_f32(m->Le, m->Nn16, (int64_t)Bc * E, s));
-    CU(k_row_dot(m->rank_target_score, m->Ln, m->Le, Bc, E, 1.0f, s));
+    CU(k_gather_rows(NULL, m->rank_target16, m->rank_table, m->md.target_item, Bc, E, s));
+    CU(k_bf16_to_f32(m->Hg, m->rank_query16, (int64_t)Bc * E, s));
+    CU(k_bf16_to_f32(m->rank_tmp, m->rank_target16, (int64_t)Bc * E, s));
+    CU(k_row_dot(m->rank_target_score, m->Hg, m->rank_tmp, Bc, E, 1.0f, s));
     CU(cudaMemsetAsync(m->rank_count, 0, sizeof(int64_t) * (size_t)Bc, s));
     for (int64_t v0 = 0; v0 < V; v0 += m->rank_chunk) {
         int64_t cols = GP_MIN(m->rank_chunk, V - v0);
