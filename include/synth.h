@@ -30,7 +30,7 @@ typedef struct {
     uint32_t n_topics;       /* latent interest states, 1..n_items */
     double mean_len;         /* mean interactions per user, in [min_len, max_len] */
     uint32_t min_len, max_len;
-    double zipf_exponent;    /* item popularity power law */
+    double zipf_exponent;    /* item popularity power law, in [0, 4] */
     double stickiness;       /* probability of staying in the current interest state */
     double transition_prob;  /* probability the next item is a fixed successor of the previous one */
     double drift;            /* per-interaction probability that a user's long-term interests change */
@@ -55,7 +55,8 @@ typedef struct {
     double history_auc;      /* history baseline (interpolated item-transition, recent-category and
                                 popularity counts fit on every interaction except the held-out ones) */
     double popularity_auc;   /* scoring by item frequency over the same interactions */
-    double seconds;          /* wall time (generation, protocol, evaluation, and the write in synth_generate) */
+    double seconds;          /* wall time of synth_build: generation, protocol, evaluation */
+    double write_seconds;    /* wall time of dataset_write in synth_generate (0 in synth_build) */
 } synth_report;
 
 /* A generated dataset in memory. contents views the arrays (ready for dataset_write). */

@@ -367,6 +367,8 @@ TEST(synth_rejects_bad_config)
     expect_config_error(&c, "drift");
     c = good, c.zipf_exponent = -1;
     expect_config_error(&c, "zipf_exponent");
+    c = good, c.zipf_exponent = 5;
+    expect_config_error(&c, "zipf_exponent");
     c = good, c.min_len = 0;
     expect_config_error(&c, "min_len");
     c = good, c.max_len = 3;
