@@ -868,7 +868,7 @@ static uint64_t pair_slot(const pair_counter *pc, uint64_t key)
  * and the epoch in which most of the last 10 items are alive. */
 static void infer_state(const synth_model *m, const uint32_t *hist, uint32_t n, synth_state *s)
 {
-    uint32_t topic[64], count[64], n_topics = 0, total = 0;
+    uint32_t topic[64], count[64], n_topics = 0;
     memset(s, 0, sizeof *s);
     uint32_t from = n > 64 ? n - 64 : 0;
     for (uint32_t k = from; k < n; k++) {
@@ -880,7 +880,6 @@ static void infer_state(const synth_model *m, const uint32_t *hist, uint32_t n, 
             count[n_topics++] = 0;
         }
         count[j]++;
-        total++;
     }
     for (uint32_t k = 0; k < SYNTH_MAX_INTERESTS && k < n_topics; k++) {
         uint32_t best = k; /* selection of the k-th most frequent (first seen wins ties) */
@@ -899,7 +898,6 @@ static void infer_state(const synth_model *m, const uint32_t *hist, uint32_t n, 
         sum += s->weight[k];
     for (uint32_t k = 0; k < s->n_interests; k++)
         s->weight[k] /= sum;
-    (void)total;
     s->prev_item = hist[n - 1];
     s->topic = m->item_topic[s->prev_item];
     uint32_t best_e = 0, best_alive = 0;
