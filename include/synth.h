@@ -3,8 +3,9 @@
  * Contract
  * - Deterministic by seed: the same config gives byte-identical output for any thread count.
  * - Any size from a few thousand to hundreds of millions of interactions; multi-threaded,
- *   memory about 8 bytes per interaction (item and category tokens) plus about 20 bytes per
- *   user, 40 bytes per item and the records.
+ *   memory about 8 bytes per interaction (item and category tokens) plus about 100 bytes per
+ *   user (20 kept, the rest while building), 50 bytes per item and the records (32 bytes each):
+ *   about 14 bytes per interaction in all at 50 interactions per user.
  * - Output goes through the official protocol (protocol.h) into the dataset format.
  * - The report gives the best achievable test AUC under the generator's ground truth (the
  *   oracle that knows each user's latent state scores candidates by their true probability of
