@@ -55,6 +55,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "metrics.h"
 
@@ -106,6 +107,20 @@ typedef struct {
     uint32_t alias;
 } alias_slot;
 
+/* Segment s = (topic c, birth group g) at c * N_GROUPS + g: its alias table is
+ * slot[start .. next segment's start), mass the sum of its item weights. */
+typedef struct {
+    uint64_t start;
+    double mass;
+} segment;
+
+/* How topic c emits at epoch e (0..N_EPOCHS, ALL_TIME last), at c * (N_EPOCHS + 1) + e: from the
+ * birth groups [lo, hi) (the alive ones, or all when none is alive), of total weight mass. */
+typedef struct {
+    double mass;
+    uint8_t lo, hi;
+} emission;
+
 struct synth_model {
     synth_config cfg;
     uint64_t n_items; /* real items, ids 1..n_items */
@@ -117,15 +132,9 @@ struct synth_model {
     item_rec *item;
     uint32_t *item_topic;
     uint8_t *item_group;  /* birth group */
-    /* segments (topic c, birth group g) at s = c * N_GROUPS + g: the alias table by popularity
-     * of its items is slot[seg_start[s] .. seg_start[s+1]) */
-    uint64_t *seg_start;
+    segment *seg;         /* T * N_GROUPS + 1 (the last holds the end) */
     alias_slot *slot;
-    double *seg_mass;     /* sum of the segment's item weights */
-    /* topic emission at epoch e (0..N_EPOCHS, ALL_TIME last), at c * (N_EPOCHS + 1) + e: the
-     * birth groups [lo, hi) it draws from (the alive ones, or all when none is alive) and their mass */
-    uint8_t *emit_lo, *emit_hi;
-    double *emit_mass;
+    emission *emit;       /* T * (N_EPOCHS + 1) */
     /* global popularity at epoch e: topics by alive mass, then the topic's emission; epochs with
      * nothing alive fall back to ALL_TIME (pop_epoch[e]) */
     uint32_t pop_epoch[N_EPOCHS + 1];
@@ -249,11 +258,13 @@ static inline uint32_t topic_neighbor(const synth_model *m, uint32_t c, gp_rng *
 static inline uint32_t item_in_topic(const synth_model *m, uint32_t c, uint32_t e, gp_rng *r)
 {
     uint64_t idx = (uint64_t)c * (N_EPOCHS + 1) + e, seg0 = (uint64_t)c * N_GROUPS;
-    uint32_t lo = m->emit_lo[idx], hi = m->emit_hi[idx], g = lo, last = lo;
-    double u = uni(r) * m->emit_mass[idx];
+    const emission *em = &m->emit[idx];
+    const segment *sg = &m->seg[seg0];
+    uint32_t lo = em->lo, hi = em->hi, g = lo, last = lo;
+    double u = uni(r) * em->mass;
     int chosen = 0;
     for (uint32_t k = lo; k < hi; k++) {
-        double sm = m->seg_mass[seg0 + k];
+        double sm = sg[k].mass;
         if (sm <= 0)
             continue;
         last = k;
@@ -266,8 +277,8 @@ static inline uint32_t item_in_topic(const synth_model *m, uint32_t c, uint32_t 
     }
     if (!chosen)
         g = last; /* rounding at the end of the range */
-    uint64_t start = m->seg_start[seg0 + g];
-    uint32_t n = (uint32_t)(m->seg_start[seg0 + g + 1] - start);
+    uint64_t start = sg[g].start;
+    uint32_t n = (uint32_t)(sg[g + 1].start - start);
     const alias_slot *a = &m->slot[start + below(r, n)];
     return uni(r) < a->prob ? a->item : a->alias;
 }
@@ -285,9 +296,9 @@ static inline double emit_prob(const synth_model *m, uint32_t item, uint32_t e)
 {
     uint64_t idx = (uint64_t)m->item_topic[item] * (N_EPOCHS + 1) + e;
     uint32_t g = m->item_group[item];
-    if (g < m->emit_lo[idx] || g >= m->emit_hi[idx])
+    if (g < m->emit[idx].lo || g >= m->emit[idx].hi)
         return 0.0;
-    return m->item_w[item] / m->emit_mass[idx];
+    return m->item_w[item] / m->emit[idx].mass;
 }
 
 /* ---- the user process ---- */
@@ -505,8 +516,9 @@ int synth_validate_config(const synth_config *c, gp_err *e)
     if (!(c->mean_len >= c->min_len && c->mean_len <= c->max_len))
         return gp_fail(e, "synth: mean_len must be in [min_len %u, max_len %u], got %g", c->min_len, c->max_len,
                        c->mean_len);
-    if (!(c->zipf_exponent >= 0 && c->zipf_exponent <= 20))
-        return gp_fail(e, "synth: zipf_exponent must be in [0, 20], got %g", c->zipf_exponent);
+    /* Beyond 4 the weight of the 2^32-th item would underflow a float to zero. */
+    if (!(c->zipf_exponent >= 0 && c->zipf_exponent <= 4))
+        return gp_fail(e, "synth: zipf_exponent must be in [0, 4], got %g", c->zipf_exponent);
     if (!prob_ok(c->stickiness))
         return gp_fail(e, "synth: stickiness must be in [0, 1], got %g", c->stickiness);
     if (!prob_ok(c->transition_prob))
@@ -560,12 +572,9 @@ void synth_model_free(synth_model *m)
     gp_free_aligned(m->item_topic);
     gp_free_aligned(m->item);
     gp_free_aligned(m->item_group);
-    gp_free_aligned(m->seg_start);
+    gp_free_aligned(m->seg);
     gp_free_aligned(m->slot);
-    gp_free_aligned(m->seg_mass);
-    gp_free_aligned(m->emit_lo);
-    gp_free_aligned(m->emit_hi);
-    gp_free_aligned(m->emit_mass);
+    gp_free_aligned(m->emit);
     gp_free_aligned(m->gpop_prob);
     gp_free_aligned(m->gpop_alias);
     gp_free_aligned(m->neighbor);
@@ -575,6 +584,26 @@ void synth_model_free(synth_model *m)
 }
 
 static int threads_of(const synth_config *c) { return c->threads > 0 ? c->threads : omp_get_max_threads(); }
+
+/* Model arrays are read at random on every step: with 4 KiB pages a table of a few million
+ * items costs a page walk per access, so large ones ask for transparent huge pages (where the
+ * kernel honours madvise; elsewhere this is a plain aligned allocation). Zeroed; free with free(). */
+static void *alloc_random_access(uint64_t bytes, const char *what, gp_err *e)
+{
+    const uint64_t huge = 2u << 20;
+    if (bytes < 2 * huge)
+        return gp_alloc_or_fail(bytes, what, e);
+    void *p = NULL;
+    uint64_t rounded = (bytes + huge - 1) / huge * huge;
+    if (posix_memalign(&p, huge, rounded) != 0) {
+        char buf[32];
+        gp_fail(e, "out of memory allocating %s for %s", gp_fmt_bytes((double)bytes, buf, sizeof buf), what);
+        return NULL;
+    }
+    madvise(p, rounded, MADV_HUGEPAGE);
+    memset(p, 0, rounded);
+    return p;
+}
 
 /* Allocates every array of the model; 0 or -1 with a message. */
 static int model_alloc(synth_model *m, gp_err *e)
@@ -589,12 +618,9 @@ static int model_alloc(synth_model *m, gp_err *e)
         {(void **)&m->item_topic, V * sizeof *m->item_topic, "item topics"},
         {(void **)&m->item, V * sizeof *m->item, "item categories and successors"},
         {(void **)&m->item_group, V * sizeof *m->item_group, "item birth groups"},
-        {(void **)&m->seg_start, (S + 1) * sizeof *m->seg_start, "segment offsets"},
+        {(void **)&m->seg, (S + 1) * sizeof *m->seg, "segments"},
         {(void **)&m->slot, N * sizeof *m->slot, "alias tables"},
-        {(void **)&m->seg_mass, S * sizeof *m->seg_mass, "segment masses"},
-        {(void **)&m->emit_lo, TE * sizeof *m->emit_lo, "emission ranges"},
-        {(void **)&m->emit_hi, TE * sizeof *m->emit_hi, "emission ranges"},
-        {(void **)&m->emit_mass, TE * sizeof *m->emit_mass, "emission masses"},
+        {(void **)&m->emit, TE * sizeof *m->emit, "emission ranges"},
         {(void **)&m->gpop_prob, TE * sizeof *m->gpop_prob, "topic alias tables"},
         {(void **)&m->gpop_alias, TE * sizeof *m->gpop_alias, "topic alias tables"},
         {(void **)&m->neighbor, T * N_NEIGHBORS * sizeof *m->neighbor, "topic neighbours"},
@@ -604,7 +630,7 @@ static int model_alloc(synth_model *m, gp_err *e)
     for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
         char what[64];
         snprintf(what, sizeof what, "synth: %s", a[i].what);
-        if (!(*a[i].p = gp_alloc_or_fail(a[i].bytes, what, e)))
+        if (!(*a[i].p = alloc_random_access(a[i].bytes, what, e)))
             return -1;
     }
     return 0;
@@ -704,19 +730,20 @@ int synth_model_build(const synth_config *cfg, synth_model **out, gp_err *e)
 
     /* Segments (topic, birth group) by counting sort; id order inside a segment. */
     for (uint64_t i = 1; i <= N; i++)
-        m->seg_start[(uint64_t)m->item_topic[i] * N_GROUPS + m->item_group[i] + 1]++;
+        m->seg[(uint64_t)m->item_topic[i] * N_GROUPS + m->item_group[i] + 1].start++;
     for (uint64_t k = 0; k < S; k++)
-        m->seg_start[k + 1] += m->seg_start[k];
+        m->seg[k + 1].start += m->seg[k].start;
     {
         uint64_t *fill = gp_xmalloc(S * sizeof *fill);
-        memcpy(fill, m->seg_start, S * sizeof *fill);
+        for (uint64_t k = 0; k < S; k++)
+            fill[k] = m->seg[k].start;
         for (uint64_t i = 1; i <= N; i++)
             m->slot[fill[(uint64_t)m->item_topic[i] * N_GROUPS + m->item_group[i]]++].item = (uint32_t)i;
         free(fill);
     }
     uint64_t max_size = 1;
     for (uint64_t k = 0; k < S; k++)
-        max_size = GP_MAX(max_size, m->seg_start[k + 1] - m->seg_start[k]);
+        max_size = GP_MAX(max_size, m->seg[k + 1].start - m->seg[k].start);
 
     /* Per-segment alias tables by popularity. */
 #pragma omp parallel num_threads(nt)
@@ -726,15 +753,15 @@ int synth_model_build(const synth_config *cfg, synth_model **out, gp_err *e)
         float *tprob = gp_xmalloc(max_size * sizeof *tprob);
 #pragma omp for schedule(dynamic, 64)
         for (int64_t k = 0; k < (int64_t)S; k++) {
-            uint64_t start = m->seg_start[k];
-            uint32_t n = (uint32_t)(m->seg_start[k + 1] - start);
+            uint64_t start = m->seg[k].start;
+            uint32_t n = (uint32_t)(m->seg[k + 1].start - start);
             alias_slot *sl = &m->slot[start];
             double mass = 0;
             for (uint32_t j = 0; j < n; j++) {
                 tw[j] = m->item_w[sl[j].item];
                 mass += tw[j];
             }
-            m->seg_mass[k] = mass;
+            m->seg[k].mass = mass;
             alias_build(tw, n, tprob, talias, tscr, ts);
             for (uint32_t j = 0; j < n; j++) {
                 sl[j].prob = tprob[j];
@@ -752,23 +779,23 @@ int synth_model_build(const synth_config *cfg, synth_model **out, gp_err *e)
     {
         double *alive = gp_xcalloc((uint64_t)T * (N_EPOCHS + 1), sizeof *alive);
         for (uint32_t c = 0; c < T; c++) {
-            const double *sm = &m->seg_mass[(uint64_t)c * N_GROUPS];
+            const segment *sg = &m->seg[(uint64_t)c * N_GROUPS];
             double all = 0;
             for (uint32_t g = 0; g < N_GROUPS; g++)
-                all += sm[g];
+                all += sg[g].mass;
             for (uint32_t ep = 0; ep <= N_EPOCHS; ep++) {
                 uint64_t idx = (uint64_t)c * (N_EPOCHS + 1) + ep;
                 uint32_t lo = ep == ALL_TIME ? 0 : ep, hi = ep == ALL_TIME ? N_GROUPS : ep + LIFETIME;
                 double mass = 0;
                 for (uint32_t g = lo; g < hi; g++)
-                    mass += sm[g];
+                    mass += sg[g].mass;
                 alive[idx] = mass;
                 if (mass <= 0) { /* nothing alive: the topic falls back to all of its items */
                     lo = 0, hi = N_GROUPS, mass = all;
                 }
-                m->emit_lo[idx] = (uint8_t)lo;
-                m->emit_hi[idx] = (uint8_t)hi;
-                m->emit_mass[idx] = mass;
+                m->emit[idx].lo = (uint8_t)lo;
+                m->emit[idx].hi = (uint8_t)hi;
+                m->emit[idx].mass = mass;
             }
         }
         double *tw = gp_xmalloc((uint64_t)T * sizeof *tw), *ts = gp_xmalloc((uint64_t)T * sizeof *ts);
@@ -841,7 +868,7 @@ static uint64_t pair_slot(const pair_counter *pc, uint64_t key)
  * and the epoch in which most of the last 10 items are alive. */
 static void infer_state(const synth_model *m, const uint32_t *hist, uint32_t n, synth_state *s)
 {
-    uint32_t topic[64], count[64], n_topics = 0, total = 0;
+    uint32_t topic[64], count[64], n_topics = 0;
     memset(s, 0, sizeof *s);
     uint32_t from = n > 64 ? n - 64 : 0;
     for (uint32_t k = from; k < n; k++) {
@@ -853,7 +880,6 @@ static void infer_state(const synth_model *m, const uint32_t *hist, uint32_t n, 
             count[n_topics++] = 0;
         }
         count[j]++;
-        total++;
     }
     for (uint32_t k = 0; k < SYNTH_MAX_INTERESTS && k < n_topics; k++) {
         uint32_t best = k; /* selection of the k-th most frequent (first seen wins ties) */
@@ -872,7 +898,6 @@ static void infer_state(const synth_model *m, const uint32_t *hist, uint32_t n, 
         sum += s->weight[k];
     for (uint32_t k = 0; k < s->n_interests; k++)
         s->weight[k] /= sum;
-    (void)total;
     s->prev_item = hist[n - 1];
     s->topic = m->item_topic[s->prev_item];
     uint32_t best_e = 0, best_alive = 0;
@@ -1131,7 +1156,7 @@ int synth_generate(const synth_config *cfg, const char *out_path, synth_report *
         return -1;
     double t0 = gp_now();
     int rc = dataset_write(out_path, &o.contents, e);
-    rep.seconds += gp_now() - t0;
+    rep.write_seconds = gp_now() - t0;
     synth_output_free(&o);
     if (rc != 0)
         return gp_wrap(e, "synth");
@@ -1145,9 +1170,12 @@ void synth_print_report(const synth_config *cfg, const synth_report *r, FILE *f)
     const protocol_stats *p = &r->protocol;
     fprintf(f, "synth: %llu users, %llu items, %u categories, %u topics, seed %llu\n", (unsigned long long)cfg->n_users,
             (unsigned long long)cfg->n_items, cfg->n_cates, cfg->n_topics, (unsigned long long)cfg->seed);
-    fprintf(f, "  %llu interactions (mean %.1f per user) in %.2f s (%.2f M interactions/s)\n",
+    fprintf(f, "  %llu interactions (mean %.1f per user) generated in %.2f s (%.2f M interactions/s)",
             (unsigned long long)r->n_interactions, cfg->n_users ? (double)r->n_interactions / (double)cfg->n_users : 0.0,
             r->seconds, r->seconds > 0 ? (double)r->n_interactions / r->seconds / 1e6 : 0.0);
+    if (r->write_seconds > 0)
+        fprintf(f, ", written in %.2f s", r->write_seconds);
+    fputc('\n', f);
     fprintf(f, "  users: %llu kept, %llu too short (< %u), %llu test, %llu valid, %llu without pretraining sequence\n",
             (unsigned long long)p->users_kept, (unsigned long long)p->users_too_short, cfg->protocol.min_user_len,
             (unsigned long long)p->users_test, (unsigned long long)p->users_valid, (unsigned long long)p->users_no_pretrain);

@@ -3,8 +3,9 @@
  * Contract
  * - Deterministic by seed: the same config gives byte-identical output for any thread count.
  * - Any size from a few thousand to hundreds of millions of interactions; multi-threaded,
- *   memory about 8 bytes per interaction (item and category tokens) plus about 20 bytes per
- *   user, 40 bytes per item and the records.
+ *   memory about 8 bytes per interaction (item and category tokens) plus about 100 bytes per
+ *   user (20 kept, the rest while building), 50 bytes per item and the records (32 bytes each):
+ *   about 14 bytes per interaction in all at 50 interactions per user.
  * - Output goes through the official protocol (protocol.h) into the dataset format.
  * - The report gives the best achievable test AUC under the generator's ground truth (the
  *   oracle that knows each user's latent state scores candidates by their true probability of
@@ -30,7 +31,7 @@ typedef struct {
     uint32_t n_topics;       /* latent interest states, 1..n_items */
     double mean_len;         /* mean interactions per user, in [min_len, max_len] */
     uint32_t min_len, max_len;
-    double zipf_exponent;    /* item popularity power law */
+    double zipf_exponent;    /* item popularity power law, in [0, 4] */
     double stickiness;       /* probability of staying in the current interest state */
     double transition_prob;  /* probability the next item is a fixed successor of the previous one */
     double drift;            /* per-interaction probability that a user's long-term interests change */
@@ -55,7 +56,8 @@ typedef struct {
     double history_auc;      /* history baseline (interpolated item-transition, recent-category and
                                 popularity counts fit on every interaction except the held-out ones) */
     double popularity_auc;   /* scoring by item frequency over the same interactions */
-    double seconds;          /* wall time (generation, protocol, evaluation, and the write in synth_generate) */
+    double seconds;          /* wall time of synth_build: generation, protocol, evaluation */
+    double write_seconds;    /* wall time of dataset_write in synth_generate (0 in synth_build) */
 } synth_report;
 
 /* A generated dataset in memory. contents views the arrays (ready for dataset_write). */

@@ -333,6 +333,54 @@ TEST(synth_edge_sizes)
     synth_output_free(&o);
 }
 
+/* Topics are finer than categories and cross them: a topic's items mostly share a category but
+ * not all, and a category gathers several topics. */
+TEST(synth_topics_cross_categories)
+{
+    synth_config c = synth_default_config();
+    synth_model *m = NULL;
+    synth_output o;
+    gp_err e = {{0}};
+    REQUIRE(synth_model_build(&c, &m, &e) == 0, "%s", e.msg);
+    REQUIRE(synth_build(&c, &o, NULL, &e) == 0, "%s", e.msg);
+    uint32_t T = c.n_topics, C = c.n_cates;
+    uint32_t *pair = calloc((uint64_t)T * (C + 1), sizeof *pair), *size = calloc(T, sizeof *size);
+    for (uint32_t i = 1; i <= c.n_items; i++) {
+        uint32_t t = synth_item_topic(m, i);
+        REQUIRE(t < T, "item %u topic %u", i, t);
+        pair[(uint64_t)t * (C + 1) + o.item_cate[i]]++;
+        size[t]++;
+    }
+    CHECK(synth_item_topic(m, 0) == UINT32_MAX && synth_item_topic(m, (uint32_t)c.n_items + 1) == UINT32_MAX,
+          "ids outside 1..n_items have no topic");
+    uint32_t mixed = 0, empty = 0, shared_cates = 0;
+    double top_share = 0;
+    for (uint32_t t = 0; t < T; t++) {
+        uint32_t distinct = 0, top = 0;
+        for (uint32_t k = 0; k <= C; k++) {
+            distinct += pair[(uint64_t)t * (C + 1) + k] > 0;
+            top = GP_MAX(top, pair[(uint64_t)t * (C + 1) + k]);
+        }
+        mixed += distinct >= 3;
+        empty += size[t] == 0;
+        top_share += size[t] ? (double)top / size[t] / T : 0;
+    }
+    for (uint32_t k = 1; k <= C; k++) {
+        uint32_t topics = 0;
+        for (uint32_t t = 0; t < T; t++)
+            topics += pair[(uint64_t)t * (C + 1) + k] > 0;
+        shared_cates += topics >= 2;
+    }
+    CHECK(empty == 0, "%u empty topics", empty);
+    CHECK(mixed > T / 2, "only %u of %u topics span 3+ categories", mixed, T);
+    CHECK(top_share > 0.5 && top_share < 0.95, "a topic's main category holds %.2f of its items", top_share);
+    CHECK(shared_cates > C / 4, "only %u categories gather 2+ topics", shared_cates);
+    free(pair);
+    free(size);
+    synth_output_free(&o);
+    synth_model_free(m);
+}
+
 static void expect_config_error(const synth_config *c, const char *word)
 {
     synth_output o;
@@ -366,6 +414,8 @@ TEST(synth_rejects_bad_config)
     c = good, c.drift = -1;
     expect_config_error(&c, "drift");
     c = good, c.zipf_exponent = -1;
+    expect_config_error(&c, "zipf_exponent");
+    c = good, c.zipf_exponent = 5;
     expect_config_error(&c, "zipf_exponent");
     c = good, c.min_len = 0;
     expect_config_error(&c, "min_len");
