@@ -1129,10 +1129,13 @@ int synth_build(const synth_config *cfg, synth_output *out, synth_report *report
     c->max_history = cfg->protocol.max_history;
     c->seed = cfg->seed;
     c->producer = "gpsdrec synth";
-    c->description = "synthetic user behaviour: latent topics, interests, successors, item life cycles (csrc/synth.c)";
-
     if (evaluate(m, out, last_state, &rep, nt, e) != 0)
         goto fail;
+    /* The trainer reads ceiling_auc back from here (train.c) to print it beside the test AUC. */
+    snprintf(out->description, sizeof out->description,
+             "gpsdrec synthetic data; ceiling_auc=%.4f inferred_auc=%.4f history_auc=%.4f popularity_auc=%.4f",
+             rep.ceiling_auc, rep.inferred_auc, rep.history_auc, rep.popularity_auc);
+    c->description = out->description;
     gp_free_aligned(last_state);
     synth_model_free(m);
     rep.seconds = gp_now() - t0;

@@ -73,6 +73,8 @@ typedef struct {
     uint64_t n_test;
     float *test_oracle;      /* [n_test]: the oracle's probability that each TEST record's candidate
                                 is the user's next interaction */
+    char description[128];   /* the dataset's description: the generator and its AUC figures, so a
+                                trainer can print the ceiling next to its own test AUC */
 } synth_output;
 
 /* Generates the dataset in memory. On failure everything is freed and out is zeroed. */
