@@ -19,7 +19,7 @@
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
 
-static const int DIMS[] = {2, 8, 16, 33, 64, 192, 1024};
+static const int DIMS[] = {2, 8, 16, 33, 64, 192, 1024, 2050, 4096}; /* 2050, 4096: groups wider than a warp */
 static const int64_t ROWS[] = {1, 7, 1000, 100003};
 #define N_DIMS ((int)(sizeof DIMS / sizeof DIMS[0]))
 #define N_ROWS ((int)(sizeof ROWS / sizeof ROWS[0]))
