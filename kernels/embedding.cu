@@ -1,0 +1,359 @@
+/* embedding.cu: row gathers (k_embed_fwd, k_gather_rows), the deterministic scatter-add of row
+ * gradients (k_scatter_plan_init, k_scatter_add_rows) and k_add_rows.
+ *
+ * Gathers: a persistent grid-stride loop over (row, quad of 4 elements) pairs, so consecutive
+ * threads read and write consecutive 16-byte pieces (8 bytes for bf16) and small rows still fill
+ * whole warps.
+ *
+ * Scatter-add: the (id, row) pairs are sorted by id with CUB's stable LSD radix sort (only the
+ * bits that ids < n_ids can have), so the rows of one id end up contiguous and in increasing row
+ * order; cub::DeviceSelect::UniqueByKey then yields the first sorted position of every distinct
+ * id. One group of lanes per distinct id (a warp for rows of 128+ floats, fewer lanes for
+ * narrower rows) sums that id's rows in increasing row order, each lane owning fixed columns,
+ * and adds the sum into table_grad once. No atomics; the result is bit-identical run to run. */
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_select.cuh>
+#include <thrust/iterator/counting_iterator.h>
+
+#include "common.cuh"
+
+namespace
+{
+
+/* ---- gathers ------------------------------------------------------------------------------ */
+
+__global__ void __launch_bounds__(kb::THREADS)
+    embed_fwd_kernel(float *out_f32, uint16_t *out_bf16, const float *item, const float *cate, const float *seg,
+                     const int32_t *tok_item, const int32_t *tok_cate, const int32_t *tok_seg, int64_t rows, int dim,
+                     bool vec)
+{
+    const int qpr = (dim + 3) / 4;
+    const int64_t total = rows * qpr, stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t r;
+        int q;
+        kb::divmod(i, qpr, r, q);
+        const int e = q * 4, cnt = min(4, dim - e);
+        kb::f4 a, b, c;
+        kb::ld4(a, item + (int64_t)__ldg(tok_item + r) * dim + e, cnt, vec);
+        kb::ld4(b, cate + (int64_t)__ldg(tok_cate + r) * dim + e, cnt, vec);
+        kb::ld4(c, seg + (int64_t)__ldg(tok_seg + r) * dim + e, cnt, vec);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            a.v[k] = (a.v[k] + b.v[k]) + c.v[k]; /* the CPU model's order: item, += cate, += seg */
+        const int64_t o = r * dim + e;
+        if (out_f32)
+            kb::st4(out_f32 + o, a, cnt, vec);
+        if (out_bf16)
+            kb::st4(out_bf16 + o, a, cnt, vec);
+    }
+}
+
+__global__ void __launch_bounds__(kb::THREADS)
+    gather_rows_kernel(float *out_f32, uint16_t *out_bf16, const float *table, const int32_t *ids, int64_t rows,
+                       int dim, bool vec)
+{
+    const int qpr = (dim + 3) / 4;
+    const int64_t total = rows * qpr, stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t r;
+        int q;
+        kb::divmod(i, qpr, r, q);
+        const int e = q * 4, cnt = min(4, dim - e);
+        kb::f4 a;
+        kb::ld4(a, table + (int64_t)__ldg(ids + r) * dim + e, cnt, vec);
+        const int64_t o = r * dim + e;
+        if (out_f32)
+            kb::st4(out_f32 + o, a, cnt, vec);
+        if (out_bf16)
+            kb::st4(out_bf16 + o, a, cnt, vec);
+    }
+}
+
+/* dst[dst_rows[r]] += src[r]; dst rows are distinct, so every element has one writer. */
+__global__ void __launch_bounds__(kb::THREADS)
+    add_rows_kernel(float *dst, const float *src, const int32_t *dst_rows, int64_t rows, int dim, bool vec)
+{
+    const int qpr = (dim + 3) / 4;
+    const int64_t total = rows * qpr, stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t r;
+        int q;
+        kb::divmod(i, qpr, r, q);
+        const int e = q * 4, cnt = min(4, dim - e);
+        float *d = dst + (int64_t)__ldg(dst_rows + r) * dim + e;
+        kb::f4 a, b;
+        kb::ld4<false>(a, d, cnt, vec);
+        kb::ld4(b, src + r * dim + e, cnt, vec);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            a.v[k] += b.v[k];
+        kb::st4(d, a, cnt, vec);
+    }
+}
+
+/* ---- scatter-add ------------------------------------------------------------------------------ */
+
+/* keys[i] = ids[i], vals[i] = i: the input of the stable sort. */
+__global__ void __launch_bounds__(kb::THREADS)
+    scatter_prep_kernel(uint32_t *keys, int32_t *vals, const int32_t *ids, int64_t rows)
+{
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows; i += stride) {
+        keys[i] = (uint32_t)__ldg(ids + i);
+        vals[i] = (int32_t)i;
+    }
+}
+
+/* Rows of each sorted id added in sorted (= increasing row) order. Groups of G lanes, one
+ * distinct id at a time (grid-stride over the distinct ids); lane l owns the columns of
+ * units l, l + G, ... (units of 4 floats when vec, else single floats). */
+constexpr int SCATTER_PREFETCH = 16; /* rows whose loads are in flight before their adds */
+
+template <int G>
+__global__ void __launch_bounds__(kb::THREADS)
+    scatter_runs_kernel(float *table_grad, const float *src, const uint32_t *sorted_ids, const int32_t *sorted_rows,
+                        const int32_t *run_start, const int32_t *n_runs_dev, int64_t rows, int dim, int64_t n_ids,
+                        const uint8_t *freeze_mask, bool vec)
+{
+    const int lane = threadIdx.x % G;
+    const int64_t n_runs = *n_runs_dev;
+    const int64_t groups = (int64_t)gridDim.x * (blockDim.x / G);
+    const int width = vec ? 4 : 1;
+    const int n_units = (dim + width - 1) / width;
+    for (int64_t run = (int64_t)blockIdx.x * (blockDim.x / G) + threadIdx.x / G; run < n_runs; run += groups) {
+        const int64_t begin = run_start[run];
+        const int64_t end = run + 1 < n_runs ? (int64_t)run_start[run + 1] : rows;
+        const uint32_t id = sorted_ids[begin];
+        if ((int64_t)id >= n_ids || (freeze_mask && freeze_mask[id]))
+            continue;
+        float *dst = table_grad + (int64_t)id * dim;
+        for (int u = lane; u < n_units; u += G) {
+            const int64_t col = (int64_t)u * width;
+            if (vec) {
+                float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+                int64_t j = begin;
+                for (; j + SCATTER_PREFETCH <= end; j += SCATTER_PREFETCH) {
+                    float4 t[SCATTER_PREFETCH];
+#pragma unroll
+                    for (int q = 0; q < SCATTER_PREFETCH; q++)
+                        t[q] = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j + q] * dim + col));
+#pragma unroll
+                    for (int q = 0; q < SCATTER_PREFETCH; q++) {
+                        acc.x += t[q].x;
+                        acc.y += t[q].y;
+                        acc.z += t[q].z;
+                        acc.w += t[q].w;
+                    }
+                }
+                for (; j < end; j++) {
+                    float4 t = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j] * dim + col));
+                    acc.x += t.x;
+                    acc.y += t.y;
+                    acc.z += t.z;
+                    acc.w += t.w;
+                }
+                float4 *d = reinterpret_cast<float4 *>(dst + col);
+                float4 o = *d;
+                o.x += acc.x;
+                o.y += acc.y;
+                o.z += acc.z;
+                o.w += acc.w;
+                *d = o;
+            } else {
+                float acc = 0.f;
+                int64_t j = begin;
+                for (; j + SCATTER_PREFETCH <= end; j += SCATTER_PREFETCH) {
+                    float t[SCATTER_PREFETCH];
+#pragma unroll
+                    for (int q = 0; q < SCATTER_PREFETCH; q++)
+                        t[q] = __ldg(src + (int64_t)sorted_rows[j + q] * dim + col);
+#pragma unroll
+                    for (int q = 0; q < SCATTER_PREFETCH; q++)
+                        acc += t[q];
+                }
+                for (; j < end; j++)
+                    acc += __ldg(src + (int64_t)sorted_rows[j] * dim + col);
+                dst[col] += acc;
+            }
+        }
+    }
+}
+
+/* Scratch layout of a plan: five int32 arrays of max_rows entries (256-byte aligned), the run
+ * count, then CUB's temporary storage. */
+struct scatter_layout {
+    size_t keys0, keys1, vals0, vals1, starts, n_runs, temp, temp_bytes, total;
+};
+
+inline size_t align256(size_t x)
+{
+    return (x + 255) & ~(size_t)255;
+}
+
+int end_bit_for(int64_t n_ids)
+{
+    int bits = 1;
+    while (bits < 32 && ((uint64_t)(n_ids - 1) >> bits) != 0)
+        bits++;
+    return bits;
+}
+
+/* CUB temporary bytes for `rows` items: the larger of the sort's and the unique-by-key's. */
+cudaError_t cub_temp_bytes(int64_t rows, int64_t n_ids, size_t *bytes)
+{
+    size_t sort_bytes = 0, uniq_bytes = 0;
+    cub::DoubleBuffer<uint32_t> k(nullptr, nullptr);
+    cub::DoubleBuffer<int32_t> v(nullptr, nullptr);
+    cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, k, v, (int)rows, 0, end_bit_for(n_ids));
+    if (e != cudaSuccess)
+        return e;
+    e = cub::DeviceSelect::UniqueByKey(nullptr, uniq_bytes, (const uint32_t *)nullptr,
+                                       thrust::counting_iterator<int32_t>(0), (uint32_t *)nullptr, (int32_t *)nullptr,
+                                       (int32_t *)nullptr, (int)rows);
+    if (e != cudaSuccess)
+        return e;
+    *bytes = sort_bytes > uniq_bytes ? sort_bytes : uniq_bytes;
+    return cudaSuccess;
+}
+
+cudaError_t layout_of(int64_t max_rows, int64_t n_ids, scatter_layout *L)
+{
+    size_t arr = align256((size_t)max_rows * sizeof(int32_t));
+    L->keys0 = 0;
+    L->keys1 = L->keys0 + arr;
+    L->vals0 = L->keys1 + arr;
+    L->vals1 = L->vals0 + arr;
+    L->starts = L->vals1 + arr;
+    L->n_runs = L->starts + arr;
+    L->temp = L->n_runs + 256;
+    cudaError_t e = cub_temp_bytes(max_rows, n_ids, &L->temp_bytes);
+    if (e != cudaSuccess)
+        return e;
+    L->total = L->temp + align256(L->temp_bytes);
+    return cudaSuccess;
+}
+
+} /* namespace */
+
+/* ---- launchers --------------------------------------------------------------------------------- */
+
+extern "C" cudaError_t k_embed_fwd(float *out_f32, gp_bf16 *out_bf16, const float *item, const float *cate,
+                                   const float *seg, const int32_t *tok_item, const int32_t *tok_cate,
+                                   const int32_t *tok_seg, int64_t rows, int dim, cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0 || (!out_f32 && !out_bf16))
+        return cudaSuccess;
+    bool vec = dim % 4 == 0 && kb::aligned16(item) && kb::aligned16(cate) && kb::aligned16(seg) &&
+               kb::aligned16(out_f32) && kb::aligned8(out_bf16);
+    int64_t work = rows * ((dim + 3) / 4);
+    embed_fwd_kernel<<<kb::grid_for(embed_fwd_kernel, work, kb::THREADS), kb::THREADS, 0, s>>>(
+        out_f32, out_bf16, item, cate, seg, tok_item, tok_cate, tok_seg, rows, dim, vec);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table, const int32_t *ids,
+                                     int64_t rows, int dim, cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0 || (!out_f32 && !out_bf16))
+        return cudaSuccess;
+    bool vec = dim % 4 == 0 && kb::aligned16(table) && kb::aligned16(out_f32) && kb::aligned8(out_bf16);
+    int64_t work = rows * ((dim + 3) / 4);
+    gather_rows_kernel<<<kb::grid_for(gather_rows_kernel, work, kb::THREADS), kb::THREADS, 0, s>>>(
+        out_f32, out_bf16, table, ids, rows, dim, vec);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_add_rows(float *dst, const float *src, const int32_t *dst_rows, int64_t rows, int dim,
+                                  cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0)
+        return cudaSuccess;
+    bool vec = dim % 4 == 0 && kb::aligned16(dst) && kb::aligned16(src);
+    int64_t work = rows * ((dim + 3) / 4);
+    add_rows_kernel<<<kb::grid_for(add_rows_kernel, work, kb::THREADS), kb::THREADS, 0, s>>>(dst, src, dst_rows, rows,
+                                                                                             dim, vec);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids)
+{
+    if (!p || max_rows < 0 || max_rows > INT32_MAX || n_ids < 0 || n_ids > ((int64_t)1 << 32))
+        return cudaErrorInvalidValue;
+    p->max_rows = max_rows;
+    p->n_ids = n_ids;
+    p->scratch_bytes = 0;
+    if (max_rows == 0 || n_ids == 0)
+        return cudaSuccess;
+    scatter_layout L;
+    cudaError_t e = layout_of(max_rows, n_ids, &L);
+    if (e != cudaSuccess)
+        return e;
+    p->scratch_bytes = L.total;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows,
+                                          int dim, const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch,
+                                          cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0)
+        return cudaSuccess;
+    if (!p || rows > p->max_rows || p->n_ids <= 0 || !scratch)
+        return cudaErrorInvalidValue;
+    scatter_layout L;
+    cudaError_t e = layout_of(p->max_rows, p->n_ids, &L);
+    if (e != cudaSuccess)
+        return e;
+    size_t need = 0;
+    if ((e = cub_temp_bytes(rows, p->n_ids, &need)) != cudaSuccess)
+        return e;
+    if (L.total > p->scratch_bytes || need > L.temp_bytes)
+        return cudaErrorInvalidValue;
+    char *base = static_cast<char *>(scratch);
+    uint32_t *keys0 = reinterpret_cast<uint32_t *>(base + L.keys0),
+             *keys1 = reinterpret_cast<uint32_t *>(base + L.keys1);
+    int32_t *vals0 = reinterpret_cast<int32_t *>(base + L.vals0), *vals1 = reinterpret_cast<int32_t *>(base + L.vals1);
+    int32_t *starts = reinterpret_cast<int32_t *>(base + L.starts);
+    int32_t *n_runs = reinterpret_cast<int32_t *>(base + L.n_runs);
+    void *temp = base + L.temp;
+
+    scatter_prep_kernel<<<kb::grid_for(scatter_prep_kernel, rows, kb::THREADS), kb::THREADS, 0, s>>>(keys0, vals0, ids,
+                                                                                                     rows);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+        return e;
+    cub::DoubleBuffer<uint32_t> keys(keys0, keys1);
+    cub::DoubleBuffer<int32_t> vals(vals0, vals1);
+    size_t temp_bytes = L.temp_bytes;
+    e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, vals, (int)rows, 0, end_bit_for(p->n_ids), s);
+    if (e != cudaSuccess)
+        return e;
+    /* The unique ids themselves go to the idle key buffer; only the run starts are used. */
+    uint32_t *uniq = keys.Current() == keys0 ? keys1 : keys0;
+    temp_bytes = L.temp_bytes;
+    e = cub::DeviceSelect::UniqueByKey(temp, temp_bytes, (const uint32_t *)keys.Current(),
+                                       thrust::counting_iterator<int32_t>(0), uniq, starts, n_runs, (int)rows, s);
+    if (e != cudaSuccess)
+        return e;
+
+    const bool vec = dim % 4 == 0 && kb::aligned16(table_grad) && kb::aligned16(src);
+    const int n_units = vec ? dim / 4 : dim;
+    int64_t runs_max = rows;
+#define SCATTER_LAUNCH(G)                                                                                              \
+    scatter_runs_kernel<G><<<kb::grid_for(scatter_runs_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS, 0, s>>>(  \
+        table_grad, src, keys.Current(), vals.Current(), starts, n_runs, rows, dim, p->n_ids, freeze_mask, vec)
+    if (n_units <= 1)
+        SCATTER_LAUNCH(1);
+    else if (n_units <= 2)
+        SCATTER_LAUNCH(2);
+    else if (n_units <= 4)
+        SCATTER_LAUNCH(4);
+    else if (n_units <= 8)
+        SCATTER_LAUNCH(8);
+    else if (n_units <= 16)
+        SCATTER_LAUNCH(16);
+    else
+        SCATTER_LAUNCH(32);
+#undef SCATTER_LAUNCH
+    return cudaGetLastError();
+}

@@ -1,0 +1,91 @@
+/* rope.cu: rotary position embedding in place on the q and k parts of the packed bf16 qkv
+ * buffer (k_rope_qk).
+ *
+ * A block takes a tile of TR rows at a time. It first computes the tile's TR * head_dim/2
+ * (cos, sin) pairs once into shared memory (the angle as the official model builds it in fp32:
+ * freq_i = 1 / theta^(2i/head_dim), angle = fp32(pos * freq_i)), since every head of q and k of a
+ * row shares them, then rotates the tile's q|k columns: 8 bf16 (4 pairs, 16 bytes) per thread
+ * and step when head_dim % 8 == 0 and the buffer is 16-byte aligned, else pair by pair. */
+#include "common.cuh"
+
+namespace
+{
+
+constexpr int T = kb::THREADS;
+constexpr int ROPE_CS = 2048; /* (cos, sin) entries per tile: TR * half <= ROPE_CS */
+
+__global__ void __launch_bounds__(T) rope_kernel(uint16_t *qkv, const int32_t *pos, int64_t rows, int n_heads,
+                                                 int head_dim, float theta, float sign, int tile_rows, bool vec)
+{
+    __shared__ float2 cs[ROPE_CS];
+    __shared__ float freq[ROPE_CS];
+    const int half = head_dim / 2;
+    const int64_t D = (int64_t)n_heads * head_dim, stride = 3 * D;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float expo = (float)(2 * i) / (float)head_dim;
+        freq[i] = 1.0f / powf(theta, expo);
+    }
+    /* per row: units of 8 columns (vec) or pairs over the 2 * n_heads heads of q and k */
+    const int64_t per_row = vec ? (2 * D) / kb::UNIT : (int64_t)2 * n_heads * half;
+    for (int64_t t0 = (int64_t)blockIdx.x * tile_rows; t0 < rows; t0 += (int64_t)gridDim.x * tile_rows) {
+        const int tr = rows - t0 < tile_rows ? (int)(rows - t0) : tile_rows;
+        __syncthreads(); /* freq is ready; the previous tile is done with cs */
+        for (int i = threadIdx.x; i < tr * half; i += blockDim.x) {
+            const int rr = i / half, p = i - rr * half;
+            const float angle = (float)__ldg(pos + t0 + rr) * freq[p];
+            float sn, cn;
+            sincosf(angle, &sn, &cn);
+            cs[i] = make_float2(cn, sign * sn);
+        }
+        __syncthreads();
+        const int64_t work = (int64_t)tr * per_row;
+        for (int64_t i = threadIdx.x; i < work; i += blockDim.x) {
+            int64_t rr64;
+            int c;
+            kb::divmod(i, (int)per_row, rr64, c);
+            const int rr = (int)rr64;
+            uint16_t *row = qkv + (t0 + rr) * stride;
+            const float2 *rcs = cs + rr * half;
+            if (vec) {
+                const int col = c * kb::UNIT;        /* within q|k: [0, 2D) */
+                const int p0 = (col % head_dim) / 2; /* first pair of the unit within its head */
+                uint4 *ptr = reinterpret_cast<uint4 *>(row + col);
+                uint4 q = *ptr;
+                uint32_t wv[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    const float a = __uint_as_float(wv[k] << 16), b = __uint_as_float(wv[k] & 0xffff0000u);
+                    const float2 r = rcs[p0 + k];
+                    wv[k] = kb::f2bf2(a * r.x - b * r.y, a * r.y + b * r.x);
+                }
+                *ptr = make_uint4(wv[0], wv[1], wv[2], wv[3]);
+            } else {
+                const int h = c / half, p = c - h * half;
+                uint16_t *e = row + (int64_t)h * head_dim + 2 * p;
+                const float a = kb::bf2f(e[0]), b = kb::bf2f(e[1]);
+                const float2 r = rcs[p];
+                e[0] = kb::f2bf(a * r.x - b * r.y);
+                e[1] = kb::f2bf(a * r.y + b * r.x);
+            }
+        }
+    }
+}
+
+} /* namespace */
+
+extern "C" cudaError_t k_rope_qk(gp_bf16 *qkv, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
+                                 double theta, int inverse, cudaStream_t s)
+{
+    if (rows <= 0 || n_heads <= 0 || head_dim < 2)
+        return cudaSuccess;
+    const int half = head_dim / 2;
+    if (half > ROPE_CS || (int64_t)n_heads * head_dim > INT32_MAX / 3)
+        return cudaErrorInvalidValue;
+    int tile_rows = ROPE_CS / half;
+    if (tile_rows > 64)
+        tile_rows = 64;
+    const bool vec = head_dim % kb::UNIT == 0 && kb::aligned16(qkv);
+    rope_kernel<<<kb::grid_for(rope_kernel, rows, tile_rows), T, 0, s>>>(
+        qkv, pos, rows, n_heads, head_dim, (float)theta, inverse ? -1.0f : 1.0f, tile_rows, vec);
+    return cudaGetLastError();
+}
