@@ -82,7 +82,7 @@ $(BUILD)/cuda/kernels/%.o: kernels/%.cu Makefile
 
 # Every CUDA source (kernels, CUDA host code, GPU tests) compiles in `make test` when nvcc
 # exists, even in a CUDA=0 build, so a kernel that does not compile fails CI.
-kernels: $(if $(filter 1,$(HAVE_NVCC)),$(KERNEL_SRC:%.cu=$(BUILD)/cuda/kernels/%.o) $(CUDAHOST_SRC:%.c=$(BUILD)/cuda/%.o) $(filter tests/gpu/%,$(GPUTEST_SRC:%.c=$(BUILD)/cuda/%.o)))
+kernels: $(if $(filter 1,$(HAVE_NVCC)),$(KERNEL_SRC:%.cu=$(BUILD)/cuda/%.o) $(CUDAHOST_SRC:%.c=$(BUILD)/cuda/%.o) $(filter tests/gpu/%,$(GPUTEST_SRC:%.c=$(BUILD)/cuda/%.o)))
 
 CUDA_CFLAGS = $(BASEFLAGS) -DGPSDREC_WITH_CUDA=1 -I$(CUDA_HOME)/include -Ikernels $(if $(CUDNN_INC),-I$(CUDNN_INC)) $(if $(NCCL_INC),-I$(NCCL_INC)) $(CFLAGS)
 $(BUILD)/cuda/csrc/%.o: csrc/%.c Makefile
