@@ -1,0 +1,540 @@
+/* GPU tests of the attention and loss kernels (kernels/attention.cu, kernels/softmax_loss.cu)
+ * against the CPU reference ops on fresh random inputs. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/ops.h"
+#include "gpu_check.h"
+#include "kernels.h"
+#include "rng.h"
+
+/* ---- attention ---------------------------------------------------------------------------- */
+/* One packed batch mixing every length class: single rows, a tail of one query block, the
+ * paper's 51 and 201, and lengths needing several key tiles. */
+static const int32_t attn_lens[] = {1, 2, 17, 51, 201, 300, 1024};
+#define ATTN_NSEQ ((int)(sizeof attn_lens / sizeof attn_lens[0]))
+#define ATTN_MAX_LEN 1024
+
+static float *bf16_array_to_float(const uint16_t *h, int64_t n)
+{
+    float *f = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        f[i] = bf16_to_float(h[i]);
+    return f;
+}
+
+/* Columns [col, col + D) of a [rows][3D] array into a [rows][D] one. */
+static float *take_columns(const float *x, int64_t rows, int D, int col)
+{
+    float *out = malloc((size_t)(rows * D) * sizeof(float));
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(out + r * D, x + r * 3 * D + col, (size_t)D * sizeof(float));
+    return out;
+}
+
+static void attn_case(int hd, int causal, int n_heads)
+{
+    const int D = n_heads * hd;
+    int64_t off64[ATTN_NSEQ];
+    int32_t off32[ATTN_NSEQ];
+    int64_t rows = 0;
+    for (int b = 0; b < ATTN_NSEQ; b++) {
+        off64[b] = rows;
+        off32[b] = (int32_t)rows;
+        rows += attn_lens[b];
+    }
+    const int64_t n_qkv = rows * 3 * D, n_out = rows * D, n_lse = rows * n_heads;
+    gp_rng rng = gp_rng_stream(17, RNG_PURPOSE_TEST, (uint64_t)hd, (uint64_t)causal);
+
+    uint16_t *qkv_h = malloc((size_t)n_qkv * sizeof(uint16_t));
+    uint16_t *dout_h = malloc((size_t)n_out * sizeof(uint16_t));
+    for (int64_t i = 0; i < n_qkv; i++)
+        qkv_h[i] = float_to_bf16((float)(1.2 * gp_rng_normal(&rng)));
+    for (int64_t i = 0; i < n_out; i++)
+        dout_h[i] = float_to_bf16((float)gp_rng_normal(&rng));
+    float *qkv_f = bf16_array_to_float(qkv_h, n_qkv);
+    float *dout_f = bf16_array_to_float(dout_h, n_out);
+    float *q = take_columns(qkv_f, rows, D, 0), *k = take_columns(qkv_f, rows, D, D);
+    float *v = take_columns(qkv_f, rows, D, 2 * D);
+
+    /* forward */
+    float *out_ref = malloc((size_t)n_out * sizeof(float)), *lse_ref = malloc((size_t)n_lse * sizeof(float));
+    cpu_attention_fwd(out_ref, lse_ref, q, k, v, off64, attn_lens, ATTN_NSEQ, n_heads, hd, causal);
+
+    uint16_t *d_qkv_in = gpu_upload(qkv_h, (size_t)n_qkv * 2);
+    uint16_t *d_dout = gpu_upload(dout_h, (size_t)n_out * 2);
+    int32_t *d_off = gpu_upload(off32, sizeof off32), *d_len = gpu_upload(attn_lens, sizeof attn_lens);
+    uint16_t *d_out = gpu_alloc((size_t)n_out * 2), *d_out2 = gpu_alloc((size_t)n_out * 2);
+    float *d_lse = gpu_alloc((size_t)n_lse * 4), *d_lse2 = gpu_alloc((size_t)n_lse * 4);
+    uint16_t *d_grad = gpu_alloc((size_t)n_qkv * 2), *d_grad2 = gpu_alloc((size_t)n_qkv * 2);
+    REQUIRE(d_qkv_in && d_dout && d_off && d_len && d_out && d_out2 && d_lse && d_lse2 && d_grad && d_grad2);
+
+    KERNEL_REQUIRE(k_attention_fwd(d_out, d_lse, d_qkv_in, d_off, d_len, ATTN_NSEQ, ATTN_MAX_LEN, n_heads, hd, causal,
+                                   0));
+    uint16_t *out_h = malloc((size_t)n_out * 2), *out_h2 = malloc((size_t)n_out * 2);
+    float *lse_g = malloc((size_t)n_lse * 4), *lse_g2 = malloc((size_t)n_lse * 4);
+    gpu_download(out_h, d_out, (size_t)n_out * 2);
+    gpu_download(lse_g, d_lse, (size_t)n_lse * 4);
+    float *out_g = bf16_array_to_float(out_h, n_out);
+    char what[128];
+    snprintf(what, sizeof what, "attention out (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(out_g, out_ref, n_out, 1e-2, what);
+    snprintf(what, sizeof what, "attention lse (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(lse_g, lse_ref, n_lse, 1e-5, what);
+
+    /* a second run, here with a grid of one query block per (sequence, head) so each CTA loops
+     * over the blocks: bit-identical */
+    KERNEL_REQUIRE(k_attention_fwd(d_out2, d_lse2, d_qkv_in, d_off, d_len, ATTN_NSEQ, hd == 16 ? 1 : ATTN_MAX_LEN,
+                                   n_heads, hd, causal, 0));
+    gpu_download(out_h2, d_out2, (size_t)n_out * 2);
+    gpu_download(lse_g2, d_lse2, (size_t)n_lse * 4);
+    CHECK(memcmp(out_h, out_h2, (size_t)n_out * 2) == 0 && memcmp(lse_g, lse_g2, (size_t)n_lse * 4) == 0,
+          "attention forward not bit-identical on a second run (head_dim %d, causal %d)", hd, causal);
+
+    /* backward, from the GPU's own out and lse (the forward is checked above) */
+    KERNEL_REQUIRE(k_attention_bwd(d_grad, d_dout, d_qkv_in, d_out, d_lse, d_off, d_len, ATTN_NSEQ, ATTN_MAX_LEN,
+                                   n_heads, hd, causal, 0));
+    float *dq = malloc((size_t)n_out * 4), *dk = malloc((size_t)n_out * 4), *dv = malloc((size_t)n_out * 4);
+    cpu_attention_bwd(dq, dk, dv, dout_f, q, k, v, out_g, lse_g, off64, attn_lens, ATTN_NSEQ, n_heads, hd, causal);
+    uint16_t *grad_h = malloc((size_t)n_qkv * 2), *grad_h2 = malloc((size_t)n_qkv * 2);
+    gpu_download(grad_h, d_grad, (size_t)n_qkv * 2);
+    float *grad_f = bf16_array_to_float(grad_h, n_qkv);
+    float *dq_g = take_columns(grad_f, rows, D, 0), *dk_g = take_columns(grad_f, rows, D, D);
+    float *dv_g = take_columns(grad_f, rows, D, 2 * D);
+    snprintf(what, sizeof what, "attention dq (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(dq_g, dq, n_out, 1e-2, what);
+    snprintf(what, sizeof what, "attention dk (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(dk_g, dk, n_out, 1e-2, what);
+    snprintf(what, sizeof what, "attention dv (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(dv_g, dv, n_out, 1e-2, what);
+
+    KERNEL_REQUIRE(k_attention_bwd(d_grad2, d_dout, d_qkv_in, d_out, d_lse, d_off, d_len, ATTN_NSEQ,
+                                   hd == 16 ? 1 : ATTN_MAX_LEN, n_heads, hd, causal, 0));
+    gpu_download(grad_h2, d_grad2, (size_t)n_qkv * 2);
+    CHECK(memcmp(grad_h, grad_h2, (size_t)n_qkv * 2) == 0,
+          "attention backward not bit-identical on a second run (head_dim %d, causal %d)", hd, causal);
+
+    cudaFree(d_qkv_in);
+    cudaFree(d_dout);
+    cudaFree(d_off);
+    cudaFree(d_len);
+    cudaFree(d_out);
+    cudaFree(d_out2);
+    cudaFree(d_lse);
+    cudaFree(d_lse2);
+    cudaFree(d_grad);
+    cudaFree(d_grad2);
+    free(qkv_h);
+    free(dout_h);
+    free(qkv_f);
+    free(dout_f);
+    free(q);
+    free(k);
+    free(v);
+    free(out_ref);
+    free(lse_ref);
+    free(out_h);
+    free(out_h2);
+    free(lse_g);
+    free(lse_g2);
+    free(out_g);
+    free(dq);
+    free(dk);
+    free(dv);
+    free(grad_h);
+    free(grad_h2);
+    free(grad_f);
+    free(dq_g);
+    free(dk_g);
+    free(dv_g);
+}
+
+TEST(kattn_causal_matches_cpu)
+{
+    REQUIRE(gpu_present());
+    attn_case(8, 1, 3);
+    attn_case(16, 1, 3);
+    attn_case(32, 1, 2);
+    attn_case(64, 1, 2);
+}
+
+TEST(kattn_bidirectional_matches_cpu)
+{
+    REQUIRE(gpu_present());
+    attn_case(8, 0, 3);
+    attn_case(16, 0, 3);
+    attn_case(32, 0, 2);
+    attn_case(64, 0, 2);
+}
+
+TEST(kattn_rejects_bad_sizes)
+{
+    REQUIRE(gpu_present());
+    uint16_t *buf = gpu_alloc(4096);
+    float *lse = gpu_alloc(4096);
+    int32_t *meta = gpu_alloc(64);
+    REQUIRE(buf && lse && meta);
+    CHECK(k_attention_fwd(buf, lse, buf, meta, meta, 1, 4, 2, 24, 1, 0) == cudaErrorInvalidValue, "head_dim 24");
+    CHECK(k_attention_bwd(buf, buf, buf, buf, lse, meta, meta, 1, 4, 2, 128, 0, 0) == cudaErrorInvalidValue,
+          "head_dim 128");
+    CHECK(k_attention_fwd(buf + 1, lse, buf, meta, meta, 1, 4, 2, 16, 1, 0) == cudaErrorInvalidValue,
+          "misaligned out");
+    CHECK(k_attention_fwd(buf, lse, buf, meta, meta, 0, 4, 2, 16, 1, 0) == cudaSuccess, "no sequences");
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "device error after rejected launches");
+    cudaFree(buf);
+    cudaFree(lse);
+    cudaFree(meta);
+}
+
+/* ---- losses ------------------------------------------------------------------------------- */
+/* The checks of one kernel output row set: per-row loss (relative, with the tiny losses of
+ * confident rows included), d_pos, and d_logits compared densely. */
+static void check_loss_rows(const float *loss, const float *loss_ref, int64_t rows, const char *what)
+{
+    CHECK_REL(loss, loss_ref, rows, 1e-5, what);
+    for (int64_t r = 0; r < rows; r++)
+        CHECK(fabs((double)loss[r] - loss_ref[r]) <= 1e-5 * fabs(loss_ref[r]) + 1e-30, "%s: row %lld loss %.9g vs %.9g",
+              what, (long long)r, loss[r], loss_ref[r]);
+}
+
+/* Sampled softmax: n_seq sequences of rows_per_seq rows; raw dot products in [-1, 1] (the
+ * cosines of the model), temperature 0.05. */
+static void sampled_case(int n_neg, int logq)
+{
+    const int n_seq = 4, rps = 5, vocab = 40;
+    const int64_t rows = (int64_t)n_seq * rps, ld = n_neg + 3;
+    const float inv_temp = 20.0f, grad_scale = 0.37f, scale = grad_scale * inv_temp;
+    gp_rng rng = gp_rng_stream(23, RNG_PURPOSE_TEST, (uint64_t)n_neg, (uint64_t)logq);
+
+    float *s_neg = malloc((size_t)(rows * n_neg + 1) * sizeof(float)); /* raw dots [rows][n_neg] */
+    float *s_pos = malloc((size_t)rows * sizeof(float));
+    float *logits = malloc((size_t)(rows * ld) * sizeof(float)), *pos_logit = malloc((size_t)rows * sizeof(float));
+    int32_t *label = malloc((size_t)rows * sizeof(int32_t));
+    int32_t *neg_ids = malloc((size_t)(n_seq * n_neg + 1) * sizeof(int32_t));
+    for (int64_t i = 0; i < (int64_t)n_seq * n_neg; i++)
+        neg_ids[i] = (int32_t)gp_rng_below(&rng, vocab);
+    for (int j = 0; j < n_neg; j++)
+        neg_ids[2 * n_neg + j] = 7; /* sequence 2: every negative is item 7 */
+    for (int64_t r = 0; r < rows; r++) {
+        label[r] = (int32_t)gp_rng_below(&rng, vocab);
+        s_pos[r] = (float)(2 * gp_rng_uniform(&rng) - 1);
+        for (int j = 0; j < n_neg; j++)
+            s_neg[r * n_neg + j] = (float)(2 * gp_rng_uniform(&rng) - 1);
+    }
+    label[0] = -100;          /* unlabelled */
+    label[3] = neg_ids[0];    /* at least one accidental hit */
+    label[2 * rps + 1] = 7;   /* every negative is the label */
+    label[2 * rps + 2] = 8;   /* same sequence, nothing excluded */
+    s_pos[4] = 1.0f;          /* a confident row: loss around 1e-9 or less */
+    for (int j = 0; j < n_neg; j++)
+        s_neg[4 * n_neg + j] = (float)(-0.4 - 0.5 * gp_rng_uniform(&rng));
+    for (int64_t r = 0; r < rows; r++) {
+        pos_logit[r] = s_pos[r] * inv_temp;
+        for (int64_t j = 0; j < ld; j++)
+            logits[r * ld + j] = j < n_neg ? s_neg[r * n_neg + j] * inv_temp : NAN;
+    }
+
+    /* direct reference in double from the same fp32 logits; the gradients rounded to bf16 as the
+     * kernel's are (with logq the negatives' gradients can be fp32 denormals, which bf16 cannot
+     * hold: compared unrounded, such a row reads as 100% error on values of 1e-43) */
+    float *loss_ref = malloc((size_t)rows * 4), *dpos_ref = malloc((size_t)rows * 4);
+    float *dlog_ref = malloc((size_t)(rows * n_neg + 1) * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t *ids = neg_ids + (r / rps) * n_neg;
+        float *dr = dlog_ref + r * n_neg;
+        loss_ref[r] = dpos_ref[r] = 0;
+        for (int j = 0; j < n_neg; j++)
+            dr[j] = 0;
+        if (label[r] == -100)
+            continue;
+        int kept = 0;
+        for (int j = 0; j < n_neg; j++)
+            kept += ids[j] != label[r];
+        const double shift = logq && kept > 0 ? log((double)kept) * inv_temp : 0.0, z0 = pos_logit[r];
+        double rest = 0;
+        for (int j = 0; j < n_neg; j++)
+            if (ids[j] != label[r])
+                rest += exp((double)logits[r * ld + j] - shift - z0);
+        loss_ref[r] = (float)log1p(rest);
+        dpos_ref[r] = (float)(scale * (-rest / (1 + rest)));
+        for (int j = 0; j < n_neg; j++)
+            if (ids[j] != label[r])
+                dr[j] = bf16_round((float)(scale * exp((double)logits[r * ld + j] - shift - z0) / (1 + rest)));
+    }
+
+    float *g_logits = gpu_upload(logits, (size_t)(rows * ld) * 4), *g_pos = gpu_upload(pos_logit, (size_t)rows * 4);
+    int32_t *g_label = gpu_upload(label, (size_t)rows * 4), *g_ids = gpu_upload(neg_ids, (size_t)(n_seq * n_neg) * 4);
+    float *g_loss = gpu_alloc((size_t)rows * 4), *g_dpos = gpu_alloc((size_t)rows * 4);
+    uint16_t *g_dlog = gpu_alloc((size_t)(rows * ld) * 2), *g_dlog2 = gpu_alloc((size_t)(rows * ld) * 2);
+    REQUIRE(g_logits && g_pos && g_label && g_ids && g_loss && g_dpos && g_dlog && g_dlog2);
+    KERNEL_REQUIRE(k_sampled_softmax_rows(g_loss, g_dlog, g_dpos, g_logits, g_pos, g_label, g_ids, rows, rps, n_neg, ld,
+                                          inv_temp, logq, scale, 0));
+    float *loss = malloc((size_t)rows * 4), *dpos = malloc((size_t)rows * 4);
+    uint16_t *dlog_h = malloc((size_t)(rows * ld) * 2), *dlog_h2 = malloc((size_t)(rows * ld) * 2);
+    gpu_download(loss, g_loss, (size_t)rows * 4);
+    gpu_download(dpos, g_dpos, (size_t)rows * 4);
+    gpu_download(dlog_h, g_dlog, (size_t)(rows * ld) * 2);
+    float *dlog = malloc((size_t)(rows * n_neg + 1) * 4);
+    int exact = 1, pad_kept = 1;
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t *ids = neg_ids + (r / rps) * n_neg;
+        for (int64_t j = 0; j < ld; j++) {
+            uint16_t hb = dlog_h[r * ld + j];
+            if (j >= n_neg) {
+                pad_kept &= hb == 0xFFFF;
+                continue;
+            }
+            dlog[r * n_neg + j] = bf16_to_float(hb);
+            if (label[r] == -100 || ids[j] == label[r])
+                exact &= hb == 0; /* +0: excluded entries and unlabelled rows */
+        }
+    }
+    char what[128];
+    snprintf(what, sizeof what, "sampled softmax loss (n_neg %d, logq %d)", n_neg, logq);
+    check_loss_rows(loss, loss_ref, rows, what);
+    snprintf(what, sizeof what, "sampled softmax d_pos (n_neg %d, logq %d)", n_neg, logq);
+    CHECK_REL(dpos, dpos_ref, rows, 1e-5, what);
+    snprintf(what, sizeof what, "sampled softmax d_logits (n_neg %d, logq %d)", n_neg, logq);
+    CHECK_REL(dlog, dlog_ref, rows * n_neg, 1e-2, what);
+    CHECK(exact, "excluded entries or unlabelled rows not exactly zero (n_neg %d, logq %d)", n_neg, logq);
+    CHECK(pad_kept, "columns n_neg .. ld-1 written (n_neg %d)", n_neg);
+    CHECK(loss[0] == 0 && dpos[0] == 0, "unlabelled row: loss %g d_pos %g", loss[0], dpos[0]);
+    CHECK(loss[2 * rps + 1] == 0 && dpos[2 * rps + 1] == 0, "row with every negative excluded: loss %g d_pos %g",
+          loss[2 * rps + 1], dpos[2 * rps + 1]);
+
+    /* The CPU op, made to see these logits through one-hot embeddings (dim = n_neg + 1:
+     * neg_j = e_j, pos = e_{n_neg}, h = the raw dot products), so d_h is the gradient with
+     * respect to the dot products, slot n_neg the positive's. */
+    if (n_neg <= 256) {
+        const int dim = n_neg + 1;
+        float *onehot_neg = calloc((size_t)n_neg * dim, sizeof(float)), *pos_e = calloc((size_t)dim, sizeof(float));
+        float *h = malloc((size_t)dim * 4), *d_h = malloc((size_t)dim * 4);
+        float *cl = malloc((size_t)rows * 4), *gl = malloc((size_t)rows * 4), *cd = malloc((size_t)rows * 4);
+        float *gd = malloc((size_t)rows * 4), *cg = malloc((size_t)(rows * n_neg) * 4);
+        float *gg = malloc((size_t)(rows * n_neg) * 4);
+        for (int j = 0; j < n_neg; j++)
+            onehot_neg[(int64_t)j * dim + j] = 1;
+        pos_e[n_neg] = 1;
+        int64_t nl = 0;
+        const int32_t seq0 = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            if (label[r] == -100)
+                continue;
+            memcpy(h, s_neg + r * n_neg, (size_t)n_neg * 4);
+            h[n_neg] = s_pos[r];
+            memset(d_h, 0, (size_t)dim * 4);
+            double ls = 0;
+            cpu_sampled_softmax(&ls, d_h, NULL, NULL, h, pos_e, onehot_neg, &label[r], neg_ids + (r / rps) * n_neg,
+                                &seq0, 1, 1, n_neg, dim, inv_temp, logq, grad_scale);
+            cl[nl] = (float)ls;
+            gl[nl] = loss[r];
+            cd[nl] = d_h[n_neg];
+            gd[nl] = dpos[r];
+            for (int j = 0; j < n_neg; j++)
+                cg[nl * n_neg + j] = bf16_round(d_h[j]);
+            memcpy(gg + nl * n_neg, dlog + r * n_neg, (size_t)n_neg * 4);
+            nl++;
+        }
+        snprintf(what, sizeof what, "sampled softmax loss vs cpu op (n_neg %d, logq %d)", n_neg, logq);
+        CHECK_REL(gl, cl, nl, 1e-5, what);
+        snprintf(what, sizeof what, "sampled softmax d_pos vs cpu op (n_neg %d, logq %d)", n_neg, logq);
+        CHECK_REL(gd, cd, nl, 1e-5, what);
+        snprintf(what, sizeof what, "sampled softmax d_logits vs cpu op (n_neg %d, logq %d)", n_neg, logq);
+        CHECK_REL(gg, cg, nl * n_neg, 1e-2, what);
+        free(onehot_neg);
+        free(pos_e);
+        free(h);
+        free(d_h);
+        free(cl);
+        free(gl);
+        free(cd);
+        free(gd);
+        free(cg);
+        free(gg);
+    }
+
+    KERNEL_REQUIRE(k_sampled_softmax_rows(g_loss, g_dlog2, g_dpos, g_logits, g_pos, g_label, g_ids, rows, rps, n_neg,
+                                          ld, inv_temp, logq, scale, 0));
+    float *loss2 = malloc((size_t)rows * 4), *dpos2 = malloc((size_t)rows * 4);
+    gpu_download(loss2, g_loss, (size_t)rows * 4);
+    gpu_download(dpos2, g_dpos, (size_t)rows * 4);
+    gpu_download(dlog_h2, g_dlog2, (size_t)(rows * ld) * 2);
+    CHECK(memcmp(loss, loss2, (size_t)rows * 4) == 0 && memcmp(dpos, dpos2, (size_t)rows * 4) == 0 &&
+              memcmp(dlog_h, dlog_h2, (size_t)(rows * ld) * 2) == 0,
+          "sampled softmax not bit-identical on a second run (n_neg %d)", n_neg);
+
+    cudaFree(g_logits);
+    cudaFree(g_pos);
+    cudaFree(g_label);
+    cudaFree(g_ids);
+    cudaFree(g_loss);
+    cudaFree(g_dpos);
+    cudaFree(g_dlog);
+    cudaFree(g_dlog2);
+    free(s_neg);
+    free(s_pos);
+    free(logits);
+    free(pos_logit);
+    free(label);
+    free(neg_ids);
+    free(loss_ref);
+    free(dpos_ref);
+    free(dlog_ref);
+    free(loss);
+    free(dpos);
+    free(dlog_h);
+    free(dlog_h2);
+    free(dlog);
+    free(loss2);
+    free(dpos2);
+}
+
+TEST(kloss_sampled_softmax_matches_reference)
+{
+    REQUIRE(gpu_present());
+    /* every launch shape: a warp holding 8 (1, 7, 256), 16 (300) or 32 (700) entries per lane,
+     * 2 (1025), 4 (4096) and 8 warps (5000) at 32 per thread, and the streaming CTA (9000) */
+    static const int n_negs[] = {1, 7, 256, 300, 700, 1025, 4096, 5000, 9000};
+    for (int i = 0; i < (int)(sizeof n_negs / sizeof n_negs[0]); i++)
+        for (int logq = 0; logq <= 1; logq++)
+            sampled_case(n_negs[i], logq);
+}
+
+static void xent_case(int n_classes)
+{
+    const int64_t rows = 37, ld = n_classes + 5;
+    const float inv_temp = 20.0f, grad_scale = 0.21f, scale = grad_scale * inv_temp;
+    gp_rng rng = gp_rng_stream(29, RNG_PURPOSE_TEST, (uint64_t)n_classes, 0);
+    float *s = malloc((size_t)(rows * n_classes) * 4), *logits = malloc((size_t)(rows * ld) * 4);
+    int32_t *label = malloc((size_t)rows * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        label[r] = (int32_t)gp_rng_below(&rng, (uint32_t)n_classes);
+        for (int c = 0; c < n_classes; c++)
+            s[r * n_classes + c] = (float)(2 * gp_rng_uniform(&rng) - 1);
+    }
+    label[0] = label[5] = -100;
+    for (int c = 0; c < n_classes; c++) /* a confident row */
+        s[7 * n_classes + c] = c == label[7] ? 1.0f : (float)(-0.4 - 0.5 * gp_rng_uniform(&rng));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < ld; c++)
+            logits[r * ld + c] = c < n_classes ? s[r * n_classes + c] * inv_temp : NAN;
+
+    float *loss_ref = malloc((size_t)rows * 4), *dlog_ref = malloc((size_t)(rows * n_classes) * 4);
+    for (int64_t r = 0; r < rows; r++) {
+        const int y = label[r];
+        float *dr = dlog_ref + r * n_classes;
+        loss_ref[r] = 0;
+        for (int c = 0; c < n_classes; c++)
+            dr[c] = 0;
+        if (y < 0)
+            continue;
+        const double zy = logits[r * ld + y];
+        double rest = 0;
+        for (int c = 0; c < n_classes; c++)
+            if (c != y)
+                rest += exp((double)logits[r * ld + c] - zy);
+        loss_ref[r] = (float)log1p(rest);
+        for (int c = 0; c < n_classes; c++)
+            dr[c] = bf16_round(
+                (float)(c == y ? scale * (-rest / (1 + rest)) : scale * exp((double)logits[r * ld + c] - zy) / (1 + rest)));
+    }
+
+    float *g_logits = gpu_upload(logits, (size_t)(rows * ld) * 4);
+    int32_t *g_label = gpu_upload(label, (size_t)rows * 4);
+    float *g_loss = gpu_alloc((size_t)rows * 4);
+    uint16_t *g_dlog = gpu_alloc((size_t)(rows * ld) * 2), *g_dlog2 = gpu_alloc((size_t)(rows * ld) * 2);
+    REQUIRE(g_logits && g_label && g_loss && g_dlog && g_dlog2);
+    KERNEL_REQUIRE(k_softmax_xent_rows(g_loss, g_dlog, g_logits, g_label, rows, n_classes, ld, scale, 0));
+    float *loss = malloc((size_t)rows * 4), *dlog = malloc((size_t)(rows * n_classes) * 4);
+    uint16_t *dlog_h = malloc((size_t)(rows * ld) * 2), *dlog_h2 = malloc((size_t)(rows * ld) * 2);
+    gpu_download(loss, g_loss, (size_t)rows * 4);
+    gpu_download(dlog_h, g_dlog, (size_t)(rows * ld) * 2);
+    int exact = 1, pad_kept = 1;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < ld; c++) {
+            uint16_t hb = dlog_h[r * ld + c];
+            if (c >= n_classes) {
+                pad_kept &= hb == 0xFFFF;
+                continue;
+            }
+            dlog[r * n_classes + c] = bf16_to_float(hb);
+            if (label[r] < 0)
+                exact &= hb == 0;
+        }
+    char what[128];
+    snprintf(what, sizeof what, "softmax xent loss (n_classes %d)", n_classes);
+    check_loss_rows(loss, loss_ref, rows, what);
+    snprintf(what, sizeof what, "softmax xent d_logits (n_classes %d)", n_classes);
+    CHECK_REL(dlog, dlog_ref, rows * n_classes, 1e-2, what);
+    CHECK(exact, "unlabelled rows not exactly zero (n_classes %d)", n_classes);
+    CHECK(pad_kept, "columns n_classes .. ld-1 written (n_classes %d)", n_classes);
+
+    /* the CPU op with an identity class embedding (dim = n_classes, h = raw scores): d_h is the
+     * gradient with respect to the scores */
+    if (n_classes <= 256) {
+        const int dim = n_classes;
+        float *eye = calloc((size_t)dim * dim, sizeof(float)), *d_h = malloc((size_t)dim * 4);
+        float *cl = malloc((size_t)rows * 4), *gl = malloc((size_t)rows * 4);
+        float *cg = malloc((size_t)(rows * dim) * 4), *gg = malloc((size_t)(rows * dim) * 4);
+        for (int c = 0; c < dim; c++)
+            eye[(int64_t)c * dim + c] = 1;
+        int64_t nl = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            if (label[r] < 0)
+                continue;
+            memset(d_h, 0, (size_t)dim * 4);
+            double ls = 0;
+            cpu_softmax_xent(&ls, d_h, NULL, s + r * n_classes, eye, &label[r], 1, n_classes, dim, inv_temp,
+                             grad_scale);
+            cl[nl] = (float)ls;
+            gl[nl] = loss[r];
+            for (int c = 0; c < dim; c++)
+                cg[nl * dim + c] = bf16_round(d_h[c]);
+            memcpy(gg + nl * dim, dlog + r * n_classes, (size_t)dim * 4);
+            nl++;
+        }
+        snprintf(what, sizeof what, "softmax xent loss vs cpu op (n_classes %d)", n_classes);
+        CHECK_REL(gl, cl, nl, 1e-5, what);
+        snprintf(what, sizeof what, "softmax xent d_logits vs cpu op (n_classes %d)", n_classes);
+        CHECK_REL(gg, cg, nl * dim, 1e-2, what);
+        free(eye);
+        free(d_h);
+        free(cl);
+        free(gl);
+        free(cg);
+        free(gg);
+    }
+
+    KERNEL_REQUIRE(k_softmax_xent_rows(g_loss, g_dlog2, g_logits, g_label, rows, n_classes, ld, scale, 0));
+    float *loss2 = malloc((size_t)rows * 4);
+    gpu_download(loss2, g_loss, (size_t)rows * 4);
+    gpu_download(dlog_h2, g_dlog2, (size_t)(rows * ld) * 2);
+    CHECK(memcmp(loss, loss2, (size_t)rows * 4) == 0 && memcmp(dlog_h, dlog_h2, (size_t)(rows * ld) * 2) == 0,
+          "softmax xent not bit-identical on a second run (n_classes %d)", n_classes);
+
+    cudaFree(g_logits);
+    cudaFree(g_label);
+    cudaFree(g_loss);
+    cudaFree(g_dlog);
+    cudaFree(g_dlog2);
+    free(s);
+    free(logits);
+    free(label);
+    free(loss_ref);
+    free(dlog_ref);
+    free(loss);
+    free(dlog);
+    free(dlog_h);
+    free(dlog_h2);
+    free(loss2);
+}
+
+TEST(kloss_softmax_xent_matches_reference)
+{
+    REQUIRE(gpu_present());
+    static const int n_classes[] = {1, 5, 100, 300, 700, 1500, 3000, 5000, 9000};
+    for (int i = 0; i < (int)(sizeof n_classes / sizeof n_classes[0]); i++)
+        xent_case(n_classes[i]);
+}
