@@ -5,6 +5,8 @@ set -u
 out=${OUT:-device_out}
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0
+# ../shared does not travel to the device: a copy carried as .shared stands in for it.
+[ -d .shared ] && export GPSDREC_SHARED=.shared
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader

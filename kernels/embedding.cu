@@ -10,8 +10,13 @@
  * order; cub::DeviceSelect::UniqueByKey then yields the first sorted position of every distinct
  * id. One group of lanes per distinct id (a warp for rows of 128+ floats, fewer lanes for
  * narrower rows) sums that id's rows in increasing row order, each lane owning fixed columns,
- * and adds the sum into table_grad once. No atomics; the result is bit-identical run to run. */
+ * and adds the sum into table_grad once. A run longer than SCATTER_CHUNK rows (the segment
+ * table's two ids take every token of a batch) is instead cut into chunks of SCATTER_CHUNK
+ * consecutive sorted rows: each chunk is summed by its own group into a partial, then the
+ * partials are added in chunk order. Either way the order of additions depends only on the
+ * ids, never on scheduling: no atomics, bit-identical run to run. */
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
@@ -109,6 +114,138 @@ __global__ void __launch_bounds__(kb::THREADS)
  * distinct id at a time (grid-stride over the distinct ids); lane l owns the columns of
  * units l, l + G, ... (units of 4 floats when vec, else single floats). */
 constexpr int SCATTER_PREFETCH = 16; /* rows whose loads are in flight before their adds */
+constexpr int64_t SCATTER_CHUNK = 512; /* longer runs are summed in chunks of this many rows */
+
+/* Sum of sorted rows [begin, end) at columns of unit u (4 floats when vec), in row order. */
+__device__ __forceinline__ float4 sum_rows(const float *src, const int32_t *sorted_rows, int64_t begin, int64_t end,
+                                           int dim, int64_t col, bool vec)
+{
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int64_t j = begin; j < end; j++) {
+        const float *row = src + (int64_t)sorted_rows[j] * dim + col;
+        if (vec) {
+            float4 t = __ldg(reinterpret_cast<const float4 *>(row));
+            acc.x += t.x;
+            acc.y += t.y;
+            acc.z += t.z;
+            acc.w += t.w;
+        } else {
+            acc.x += __ldg(row);
+        }
+    }
+    return acc;
+}
+
+/* sub[r] = number of chunks of run r when it is longer than SCATTER_CHUNK, else 0; entries from
+ * n_runs to rows are 0 so a scan over `rows` entries needs no host-side count. */
+__global__ void __launch_bounds__(kb::THREADS)
+    count_chunks_kernel(int32_t *sub, const int32_t *run_start, const int32_t *n_runs_dev, int64_t rows)
+{
+    const int64_t n_runs = *n_runs_dev;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
+        int32_t c = 0;
+        if (r < n_runs) {
+            const int64_t len = (r + 1 < n_runs ? (int64_t)run_start[r + 1] : rows) - run_start[r];
+            if (len > SCATTER_CHUNK)
+                c = (int32_t)((len + SCATTER_CHUNK - 1) / SCATTER_CHUNK);
+        }
+        sub[r] = c;
+    }
+}
+
+/* Chunk s of the long runs: find its run by binary search over the chunk offsets, sum its rows
+ * into partial[s]. */
+template <int G>
+__global__ void __launch_bounds__(kb::THREADS)
+    chunk_sums_kernel(float *partial, const float *src, const int32_t *sorted_rows, const int32_t *run_start,
+                      const int32_t *sub, const int32_t *sub_off, const int32_t *n_runs_dev, int64_t rows, int dim,
+                      int64_t max_chunks, bool vec)
+{
+    const int64_t n_runs = *n_runs_dev;
+    if (n_runs == 0)
+        return;
+    const int64_t total = (int64_t)sub_off[n_runs - 1] + sub[n_runs - 1];
+    const int lane = threadIdx.x % G;
+    const int width = vec ? 4 : 1;
+    const int n_units = (dim + width - 1) / width;
+    const int64_t groups = (int64_t)gridDim.x * (blockDim.x / G);
+    for (int64_t c = (int64_t)blockIdx.x * (blockDim.x / G) + threadIdx.x / G; c < total && c < max_chunks;
+         c += groups) {
+        int64_t lo = 0, hi = n_runs - 1; /* last run with sub_off <= c and a chunk */
+        while (lo < hi) {
+            int64_t mid = (lo + hi + 1) / 2;
+            if ((int64_t)sub_off[mid] <= c)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        while (lo > 0 && sub[lo] == 0)
+            lo--;
+        const int64_t k = c - sub_off[lo];
+        const int64_t run_end = lo + 1 < n_runs ? (int64_t)run_start[lo + 1] : rows;
+        const int64_t begin = run_start[lo] + k * SCATTER_CHUNK;
+        const int64_t end = begin + SCATTER_CHUNK < run_end ? begin + SCATTER_CHUNK : run_end;
+        for (int u = lane; u < n_units; u += G) {
+            const int64_t col = (int64_t)u * width;
+            float4 acc = sum_rows(src, sorted_rows, begin, end, dim, col, vec);
+            float *dst = partial + c * dim + col;
+            if (vec)
+                *reinterpret_cast<float4 *>(dst) = acc;
+            else
+                *dst = acc.x;
+        }
+    }
+}
+
+/* For each long run: table_grad[id] += its chunk partials, added in chunk order. */
+template <int G>
+__global__ void __launch_bounds__(kb::THREADS)
+    combine_chunks_kernel(float *table_grad, const float *partial, const uint32_t *sorted_ids,
+                          const int32_t *run_start, const int32_t *sub, const int32_t *sub_off,
+                          const int32_t *n_runs_dev, int dim, int64_t n_ids, const uint8_t *freeze_mask, bool vec)
+{
+    const int64_t n_runs = *n_runs_dev;
+    const int lane = threadIdx.x % G;
+    const int width = vec ? 4 : 1;
+    const int n_units = (dim + width - 1) / width;
+    const int64_t groups = (int64_t)gridDim.x * (blockDim.x / G);
+    for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / G) + threadIdx.x / G; r < n_runs; r += groups) {
+        const int32_t n_chunks = sub[r];
+        if (n_chunks == 0)
+            continue;
+        const uint32_t id = sorted_ids[run_start[r]];
+        if ((int64_t)id >= n_ids || (freeze_mask && freeze_mask[id]))
+            continue;
+        for (int u = lane; u < n_units; u += G) {
+            const int64_t col = (int64_t)u * width;
+            float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int32_t k = 0; k < n_chunks; k++) {
+                const float *p = partial + ((int64_t)sub_off[r] + k) * dim + col;
+                if (vec) {
+                    float4 t = *reinterpret_cast<const float4 *>(p);
+                    acc.x += t.x;
+                    acc.y += t.y;
+                    acc.z += t.z;
+                    acc.w += t.w;
+                } else {
+                    acc.x += *p;
+                }
+            }
+            float *d = table_grad + (int64_t)id * dim + col;
+            if (vec) {
+                float4 o = *reinterpret_cast<float4 *>(d);
+                o.x += acc.x;
+                o.y += acc.y;
+                o.z += acc.z;
+                o.w += acc.w;
+                *reinterpret_cast<float4 *>(d) = o;
+            } else {
+                *d += acc.x;
+            }
+        }
+    }
+}
 
 template <int G>
 __global__ void __launch_bounds__(kb::THREADS)
@@ -125,7 +262,7 @@ __global__ void __launch_bounds__(kb::THREADS)
         const int64_t begin = run_start[run];
         const int64_t end = run + 1 < n_runs ? (int64_t)run_start[run + 1] : rows;
         const uint32_t id = sorted_ids[begin];
-        if ((int64_t)id >= n_ids || (freeze_mask && freeze_mask[id]))
+        if ((int64_t)id >= n_ids || (freeze_mask && freeze_mask[id]) || end - begin > SCATTER_CHUNK)
             continue;
         float *dst = table_grad + (int64_t)id * dim;
         for (int u = lane; u < n_units; u += G) {
@@ -183,8 +320,14 @@ __global__ void __launch_bounds__(kb::THREADS)
 /* Scratch layout of a plan: five int32 arrays of max_rows entries (256-byte aligned), the run
  * count, then CUB's temporary storage. */
 struct scatter_layout {
-    size_t keys0, keys1, vals0, vals1, starts, n_runs, temp, temp_bytes, total;
+    size_t keys0, keys1, vals0, vals1, starts, n_runs, sub, sub_off, partial, partial_chunks, temp, temp_bytes, total;
 };
+
+/* Upper bound on the chunks of long runs: each has more than SCATTER_CHUNK rows. */
+inline int64_t max_chunks_for(int64_t max_rows)
+{
+    return 2 * (max_rows / SCATTER_CHUNK) + 1;
+}
 
 inline size_t align256(size_t x)
 {
@@ -213,11 +356,17 @@ cudaError_t cub_temp_bytes(int64_t rows, int64_t n_ids, size_t *bytes)
                                        (int32_t *)nullptr, (int)rows);
     if (e != cudaSuccess)
         return e;
+    size_t scan_bytes = 0;
+    e = cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, (const int32_t *)nullptr, (int32_t *)nullptr, (int)rows);
+    if (e != cudaSuccess)
+        return e;
     *bytes = sort_bytes > uniq_bytes ? sort_bytes : uniq_bytes;
+    if (scan_bytes > *bytes)
+        *bytes = scan_bytes;
     return cudaSuccess;
 }
 
-cudaError_t layout_of(int64_t max_rows, int64_t n_ids, scatter_layout *L)
+cudaError_t layout_of(int64_t max_rows, int64_t n_ids, int max_dim, scatter_layout *L)
 {
     size_t arr = align256((size_t)max_rows * sizeof(int32_t));
     L->keys0 = 0;
@@ -225,7 +374,11 @@ cudaError_t layout_of(int64_t max_rows, int64_t n_ids, scatter_layout *L)
     L->vals0 = L->keys1 + arr;
     L->vals1 = L->vals0 + arr;
     L->starts = L->vals1 + arr;
-    L->n_runs = L->starts + arr;
+    L->sub = L->starts + arr;
+    L->sub_off = L->sub + arr;
+    L->partial_chunks = (size_t)max_chunks_for(max_rows);
+    L->partial = L->sub_off + arr;
+    L->n_runs = L->partial + align256(L->partial_chunks * (size_t)max_dim * sizeof(float));
     L->temp = L->n_runs + 256;
     cudaError_t e = cub_temp_bytes(max_rows, n_ids, &L->temp_bytes);
     if (e != cudaSuccess)
@@ -276,17 +429,18 @@ extern "C" cudaError_t k_add_rows(float *dst, const float *src, const int32_t *d
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids)
+extern "C" cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids, int max_dim)
 {
-    if (!p || max_rows < 0 || max_rows > INT32_MAX || n_ids < 0 || n_ids > ((int64_t)1 << 32))
+    if (!p || max_rows < 0 || max_rows > INT32_MAX || n_ids < 0 || n_ids > ((int64_t)1 << 32) || max_dim < 0)
         return cudaErrorInvalidValue;
     p->max_rows = max_rows;
     p->n_ids = n_ids;
+    p->max_dim = max_dim;
     p->scratch_bytes = 0;
     if (max_rows == 0 || n_ids == 0)
         return cudaSuccess;
     scatter_layout L;
-    cudaError_t e = layout_of(max_rows, n_ids, &L);
+    cudaError_t e = layout_of(max_rows, n_ids, max_dim, &L);
     if (e != cudaSuccess)
         return e;
     p->scratch_bytes = L.total;
@@ -299,10 +453,10 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
 {
     if (rows <= 0 || dim <= 0)
         return cudaSuccess;
-    if (!p || rows > p->max_rows || p->n_ids <= 0 || !scratch)
+    if (!p || rows > p->max_rows || p->n_ids <= 0 || !scratch || dim > p->max_dim)
         return cudaErrorInvalidValue;
     scatter_layout L;
-    cudaError_t e = layout_of(p->max_rows, p->n_ids, &L);
+    cudaError_t e = layout_of(p->max_rows, p->n_ids, p->max_dim, &L);
     if (e != cudaSuccess)
         return e;
     size_t need = 0;
@@ -316,6 +470,8 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
     int32_t *vals0 = reinterpret_cast<int32_t *>(base + L.vals0), *vals1 = reinterpret_cast<int32_t *>(base + L.vals1);
     int32_t *starts = reinterpret_cast<int32_t *>(base + L.starts);
     int32_t *n_runs = reinterpret_cast<int32_t *>(base + L.n_runs);
+    int32_t *sub = reinterpret_cast<int32_t *>(base + L.sub), *sub_off = reinterpret_cast<int32_t *>(base + L.sub_off);
+    float *partial = reinterpret_cast<float *>(base + L.partial);
     void *temp = base + L.temp;
 
     scatter_prep_kernel<<<kb::grid_for(scatter_prep_kernel, rows, kb::THREADS), kb::THREADS, 0, s>>>(keys0, vals0, ids,
@@ -339,9 +495,27 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
     const bool vec = dim % 4 == 0 && kb::aligned16(table_grad) && kb::aligned16(src);
     const int n_units = vec ? dim / 4 : dim;
     int64_t runs_max = rows;
+    /* Long runs first: count their chunks, scan the counts into offsets, sum each chunk. */
+    count_chunks_kernel<<<kb::grid_for(count_chunks_kernel, rows, kb::THREADS), kb::THREADS, 0, s>>>(sub, starts,
+                                                                                                      n_runs, rows);
+    if ((e = cudaGetLastError()) != cudaSuccess)
+        return e;
+    temp_bytes = L.temp_bytes;
+    e = cub::DeviceScan::ExclusiveSum(temp, temp_bytes, sub, sub_off, (int)rows, s);
+    if (e != cudaSuccess)
+        return e;
+    const int64_t max_chunks = (int64_t)L.partial_chunks;
 #define SCATTER_LAUNCH(G)                                                                                              \
-    scatter_runs_kernel<G><<<kb::grid_for(scatter_runs_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS, 0, s>>>(  \
-        table_grad, src, keys.Current(), vals.Current(), starts, n_runs, rows, dim, p->n_ids, freeze_mask, vec)
+    do {                                                                                                               \
+        chunk_sums_kernel<G><<<kb::grid_for(chunk_sums_kernel<G>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>( \
+            partial, src, vals.Current(), starts, sub, sub_off, n_runs, rows, dim, max_chunks, vec);                  \
+        combine_chunks_kernel<G><<<kb::grid_for(combine_chunks_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS,   \
+                                   0, s>>>(table_grad, partial, keys.Current(), starts, sub, sub_off, n_runs, dim,     \
+                                           p->n_ids, freeze_mask, vec);                                                \
+        scatter_runs_kernel<G><<<kb::grid_for(scatter_runs_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS, 0,    \
+                                 s>>>(table_grad, src, keys.Current(), vals.Current(), starts, n_runs, rows, dim,       \
+                                      p->n_ids, freeze_mask, vec);                                                      \
+    } while (0)
     if (n_units <= 1)
         SCATTER_LAUNCH(1);
     else if (n_units <= 2)

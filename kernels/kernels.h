@@ -46,16 +46,19 @@ cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table,
                           int dim, cudaStream_t s);
 
 /* Deterministic scatter-add of row gradients: table_grad[ids[r]] += src[r] for r < rows, rows
- * with the same id summed in increasing r (so the result is independent of scheduling), rows
- * whose id has freeze_mask[id] != 0 skipped (freeze_mask may be NULL).
- * Needs a plan built once for the largest `rows` (scratch for sorting (id, r) pairs with CUB);
- * the plan's scratch is device memory owned by the caller. */
+ * whose id has freeze_mask[id] != 0 skipped (freeze_mask may be NULL). The rows of one id are
+ * added in increasing r; an id with more than 512 rows is summed in chunks of 512 consecutive
+ * rows whose sums are then added in chunk order. The order depends only on the ids, so the result
+ * is bit-identical run to run. Needs a plan built once for the largest `rows` and row width
+ * (scratch for sorting (id, r) pairs with CUB and the chunk sums); the scratch is device memory
+ * owned by the caller. */
 typedef struct {
     int64_t max_rows;
     int64_t n_ids;         /* ids are in [0, n_ids) */
+    int max_dim;           /* widest row */
     size_t scratch_bytes;  /* device bytes the caller must provide */
 } k_scatter_plan;
-cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids);
+cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids, int max_dim);
 cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows, int dim,
                                const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch, cudaStream_t s);
 

@@ -438,7 +438,7 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
     plan_meta(m, m->meta_dev, &m->md);
     /* The largest scatter: the negatives (B*N rows) or the tokens (T rows). */
     int64_t max_rows = GP_MAX((int64_t)m->T, (int64_t)m->B * GP_MAX(m->N, m->S));
-    CU(k_scatter_plan_init(&m->scat, max_rows, GP_MAX(c->n_items, c->n_cates)));
+    CU(k_scatter_plan_init(&m->scat, max_rows, GP_MAX(c->n_items, c->n_cates), m->E));
     if (dev_alloc(m, &m->scat_scratch, m->scat.scratch_bytes, "scatter-add scratch", e))
         goto fail;
     if (build_ranges(m, e) != 0)
