@@ -15,7 +15,7 @@ export NCCL_NVLS_ENABLE=0
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 make -j16 gpsdrec build/test_gpu build/bench_step > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
-cp build/cuda.mk "$out/cuda.mk"
+cat build/cuda.mk >> "$out/machine.txt"
 timeout 300 ./build/test_gpu ${GPU_TESTS:-} > "$out/test_gpu.log" 2>&1
 echo "test_gpu exit $?"; grep -E "FAIL|passed" "$out/test_gpu.log" | tail -30
 if [ "${1:-}" != quick ]; then
@@ -25,4 +25,5 @@ if [ "${1:-}" != quick ]; then
   echo "racecheck exit $?"; tail -3 "$out/racecheck.log"
   BENCH_JSON="$out/bench.jsonl" timeout 300 sh benchmarks/run_bench.sh > "$out/bench.log" 2>&1
   echo "bench exit $?"; cat "$out/bench.log"
+  cat "$out/memcheck.log" "$out/racecheck.log" > "$out/sanitizers.log" && rm -f "$out/memcheck.log" "$out/racecheck.log"
 fi

@@ -5,7 +5,7 @@
 
 #include "cuda/cuda_util.h"
 
-#define GEMM_CACHE 256
+#define GEMM_CACHE 1024
 
 typedef struct {
     int trans_a, trans_b, c_type, batch;
@@ -15,10 +15,12 @@ typedef struct {
 } gemm_key;
 
 typedef struct {
-    gemm_key key;
+    gemm_key key;  /* M, N, K rounded up to a power of two: one entry per size class */
+    int64_t M, N, K; /* the exact sizes the layouts describe now */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
+    uint64_t last_used;
 } gemm_entry;
 
 struct gemm_ctx {
@@ -27,7 +29,22 @@ struct gemm_ctx {
     size_t workspace_bytes;
     gemm_entry cache[GEMM_CACHE];
     int n_cached;
+    uint64_t clock;
 };
+
+/* The number of rows of a micro-batch changes with its sequence lengths, so products are cached
+ * per size class (each of M, N, K rounded up to a power of two), not per exact size: the entry's
+ * layouts are resized in place (a cheap attribute update) and its algorithm reused. Should
+ * cuBLASLt reject the reused algorithm for the new size, the heuristic is asked again. */
+static int64_t size_class(int64_t x)
+{
+    int64_t c = 1;
+    while (c < x)
+        c <<= 1;
+    return c;
+}
+
+static void destroy_entry(gemm_entry *en);
 
 const char *gp_cublas_status_name(cublasStatus_t s)
 {
@@ -62,12 +79,8 @@ void gemm_destroy(gemm_ctx *g)
 {
     if (!g)
         return;
-    for (int i = 0; i < g->n_cached; i++) {
-        cublasLtMatmulDescDestroy(g->cache[i].op);
-        cublasLtMatrixLayoutDestroy(g->cache[i].a);
-        cublasLtMatrixLayoutDestroy(g->cache[i].b);
-        cublasLtMatrixLayoutDestroy(g->cache[i].c);
-    }
+    for (int i = 0; i < g->n_cached; i++)
+        destroy_entry(&g->cache[i]);
     if (g->workspace)
         cudaFree(g->workspace);
     if (g->handle)
@@ -99,36 +112,46 @@ fail:
 
 /* Builds the descriptors and picks the algorithm for one shape. Row-major C = op(A) op(B) is
  * computed as the column-major C^T = op(B)^T op(A)^T: cuBLAS's "A" is our B and vice versa. */
-static gemm_entry *prepare(gemm_ctx *g, const gemm_key *k, gp_err *e)
+static void destroy_entry(gemm_entry *en)
 {
-    for (int i = 0; i < g->n_cached; i++)
-        if (memcmp(&g->cache[i].key, k, sizeof *k) == 0)
-            return &g->cache[i];
-    if (g->n_cached == GEMM_CACHE) {
-        gp_fail(e, "cuBLASLt descriptor cache full (%d shapes)", GEMM_CACHE);
-        return NULL;
-    }
-    gemm_entry *en = &g->cache[g->n_cached];
+    if (en->op)
+        cublasLtMatmulDescDestroy(en->op);
+    if (en->a)
+        cublasLtMatrixLayoutDestroy(en->a);
+    if (en->b)
+        cublasLtMatrixLayoutDestroy(en->b);
+    if (en->c)
+        cublasLtMatrixLayoutDestroy(en->c);
     memset(en, 0, sizeof *en);
-    en->key = *k;
-    cublasOperation_t op_a = k->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* on our B */
-    cublasOperation_t op_b = k->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* on our A */
-    cudaDataType_t ct = k->c_type == GEMM_F32 ? CUDA_R_32F : CUDA_R_16BF;
-    CUBLAS(cublasLtMatmulDescCreate(&en->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CUBLAS(cublasLtMatmulDescSetAttribute(en->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-    CUBLAS(cublasLtMatmulDescSetAttribute(en->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
-    /* cuBLAS A = our B: stored [K][N] row-major (= col-major N x K) or [N][K] when transposed. */
-    if (make_layout(&en->a, CUDA_R_16BF, k->trans_b ? k->K : k->N, k->trans_b ? k->N : k->K, k->ldb, k->batch,
-                    k->stride_b, e) != 0)
-        goto fail;
-    if (make_layout(&en->b, CUDA_R_16BF, k->trans_a ? k->M : k->K, k->trans_a ? k->K : k->M, k->lda, k->batch,
-                    k->stride_a, e) != 0)
-        goto fail;
-    if (make_layout(&en->c, ct, k->N, k->M, k->ldc, k->batch, k->stride_c, e) != 0)
-        goto fail;
+}
+
+/* Sets the layouts' rows and columns for exact sizes M, N, K (see make_layout for the roles). */
+static int resize(gemm_entry *en, int64_t M, int64_t N, int64_t K, gp_err *e)
+{
+    const gemm_key *k = &en->key;
+    uint64_t ar = (uint64_t)(k->trans_b ? K : N), ac = (uint64_t)(k->trans_b ? N : K);
+    uint64_t br = (uint64_t)(k->trans_a ? M : K), bc = (uint64_t)(k->trans_a ? K : M);
+    uint64_t cr = (uint64_t)N, cc = (uint64_t)M;
+    CUBLAS(cublasLtMatrixLayoutSetAttribute(en->a, CUBLASLT_MATRIX_LAYOUT_ROWS, &ar, sizeof ar));
+    CUBLAS(cublasLtMatrixLayoutSetAttribute(en->a, CUBLASLT_MATRIX_LAYOUT_COLS, &ac, sizeof ac));
+    CUBLAS(cublasLtMatrixLayoutSetAttribute(en->b, CUBLASLT_MATRIX_LAYOUT_ROWS, &br, sizeof br));
+    CUBLAS(cublasLtMatrixLayoutSetAttribute(en->b, CUBLASLT_MATRIX_LAYOUT_COLS, &bc, sizeof bc));
+    CUBLAS(cublasLtMatrixLayoutSetAttribute(en->c, CUBLASLT_MATRIX_LAYOUT_ROWS, &cr, sizeof cr));
+    CUBLAS(cublasLtMatrixLayoutSetAttribute(en->c, CUBLASLT_MATRIX_LAYOUT_COLS, &cc, sizeof cc));
+    en->M = M;
+    en->N = N;
+    en->K = K;
+    return 0;
+fail:
+    return -1;
+}
+
+/* Asks the heuristic for the best algorithm at the entry's current sizes. */
+static int pick_algorithm(gemm_ctx *g, gemm_entry *en, gp_err *e)
+{
     cublasLtMatmulPreference_t pref;
     CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-    uint32_t al = (uint32_t)k->align;
+    uint32_t al = (uint32_t)en->key.align;
     size_t ws = g->workspace_bytes;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
@@ -140,24 +163,66 @@ static gemm_entry *prepare(gemm_ctx *g, const gemm_key *k, gp_err *e)
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g->handle, en->op, en->a, en->b, en->c, en->c, pref, 1, &result,
                                                        &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-        gp_fail(e, "cuBLASLt has no algorithm for C[%lld x %lld] = op(A) op(B), K = %lld, batch %d (%s)", (long long)k->M,
-                (long long)k->N, (long long)k->K, k->batch, gp_cublas_status_name(st));
-        goto fail;
-    }
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+        return gp_fail(e, "cuBLASLt has no algorithm for C[%lld x %lld] = op(A) op(B), K = %lld, batch %d (%s)",
+                       (long long)en->M, (long long)en->N, (long long)en->K, en->key.batch, gp_cublas_status_name(st));
     en->algo = result.algo;
-    g->n_cached++;
+    return 0;
+fail:
+    return -1;
+}
+
+/* Builds the descriptors and picks the algorithm for one size class. Row-major C = op(A) op(B)
+ * is computed as the column-major C^T = op(B)^T op(A)^T: cuBLAS's "A" is our B and vice versa. */
+static gemm_entry *prepare(gemm_ctx *g, const gemm_key *k, int64_t M, int64_t N, int64_t K, gp_err *e)
+{
+    gemm_entry *en = NULL;
+    for (int i = 0; i < g->n_cached; i++)
+        if (memcmp(&g->cache[i].key, k, sizeof *k) == 0) {
+            en = &g->cache[i];
+            break;
+        }
+    if (en) {
+        en->last_used = ++g->clock;
+        if ((en->M != M || en->N != N || en->K != K) && resize(en, M, N, K, e) != 0)
+            return NULL;
+        return en;
+    }
+    if (g->n_cached < GEMM_CACHE) {
+        en = &g->cache[g->n_cached++];
+    } else { /* evict the least recently used class */
+        en = &g->cache[0];
+        for (int i = 1; i < GEMM_CACHE; i++)
+            if (g->cache[i].last_used < en->last_used)
+                en = &g->cache[i];
+        destroy_entry(en);
+    }
+    memset(en, 0, sizeof *en);
+    en->key = *k;
+    en->last_used = ++g->clock;
+    cublasOperation_t op_a = k->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* on our B */
+    cublasOperation_t op_b = k->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* on our A */
+    cudaDataType_t ct = k->c_type == GEMM_F32 ? CUDA_R_32F : CUDA_R_16BF;
+    CUBLAS(cublasLtMatmulDescCreate(&en->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS(cublasLtMatmulDescSetAttribute(en->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    CUBLAS(cublasLtMatmulDescSetAttribute(en->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    /* cuBLAS A = our B: stored [K][N] row-major (= col-major N x K) or [N][K] when transposed. */
+    if (make_layout(&en->a, CUDA_R_16BF, k->trans_b ? K : N, k->trans_b ? N : K, k->ldb, k->batch, k->stride_b, e) != 0)
+        goto fail;
+    if (make_layout(&en->b, CUDA_R_16BF, k->trans_a ? M : K, k->trans_a ? K : M, k->lda, k->batch, k->stride_a, e) != 0)
+        goto fail;
+    if (make_layout(&en->c, ct, N, M, k->ldc, k->batch, k->stride_c, e) != 0)
+        goto fail;
+    en->M = M;
+    en->N = N;
+    en->K = K;
+    if (pick_algorithm(g, en, e) != 0)
+        goto fail;
     return en;
 fail:
-    if (en->op)
-        cublasLtMatmulDescDestroy(en->op);
-    if (en->a)
-        cublasLtMatrixLayoutDestroy(en->a);
-    if (en->b)
-        cublasLtMatrixLayoutDestroy(en->b);
-    if (en->c)
-        cublasLtMatrixLayoutDestroy(en->c);
-    memset(en, 0, sizeof *en);
+    destroy_entry(en);
+    if (en == &g->cache[g->n_cached - 1])
+        g->n_cached--;
     return NULL;
 }
 
@@ -171,9 +236,9 @@ int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
     k.trans_b = a->trans_b;
     k.c_type = a->c_type;
     k.batch = a->batch > 0 ? a->batch : 1;
-    k.M = a->M;
-    k.N = a->N;
-    k.K = a->K;
+    k.M = size_class(a->M);
+    k.N = size_class(a->N);
+    k.K = size_class(a->K);
     k.lda = a->lda;
     k.ldb = a->ldb;
     k.ldc = a->ldc;
@@ -188,14 +253,22 @@ int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
     al = alignment_of(a->C);
     if (al < k.align)
         k.align = al;
-    gemm_entry *en = prepare(g, &k, e);
+    gemm_entry *en = prepare(g, &k, a->M, a->N, a->K, e);
     if (!en)
         return -1;
-    CUBLAS(cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C, en->c, a->C, en->c,
-                          &en->algo, g->workspace, g->workspace_bytes, s));
+    cublasStatus_t st = cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C, en->c,
+                                       a->C, en->c, &en->algo, g->workspace, g->workspace_bytes, s);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+        /* The class's algorithm does not fit this exact size: pick one for it and retry. */
+        if (pick_algorithm(g, en, e) != 0)
+            return -1;
+        st = cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C, en->c, a->C, en->c,
+                            &en->algo, g->workspace, g->workspace_bytes, s);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return gp_fail(e, "cublasLtMatmul C[%lld x %lld] K %lld batch %d: %s", (long long)a->M, (long long)a->N,
+                       (long long)a->K, k.batch, gp_cublas_status_name(st));
     return 0;
-fail:
-    return -1;
 }
 
 int gemm_linear_fwd(gemm_ctx *g, void *y, gemm_dtype y_type, const void *x, const void *w, int64_t rows, int64_t in,

@@ -17,6 +17,12 @@
 /* bf16 compute against the fp32 reference. */
 #define LOSS_TOL 1e-2
 #define GRAD_TOL 3e-2
+/* The CTR loss of a freshly initialised model is a sum of per-sample terms of both signs that
+ * mostly cancel, which makes its gradient sensitive to rounding anywhere in the network: on the
+ * CPU alone, rounding the weights to bf16 moves these gradients by about 5% (L2H256, 200
+ * positions; see benchmarks/results/2026-11-28_h200_cuda_backend.md). bf16 activations on top of
+ * that give 3-9% on the GPU, so the finetune cases are held to 10%. */
+#define GRAD_TOL_FINETUNE 1e-1
 
 static void compare_tensors(const model_layout *l, const float *gs, const float *gd, const float *ws, const float *wd,
                             double tol, const char *what)
@@ -189,7 +195,8 @@ static void run_random_case(const rand_case *rc, uint64_t seed)
     float *gcs = gp_xcalloc((size_t)l.sparse_numel, 4), *gcd = gp_xcalloc((size_t)l.dense_numel, 4);
     float *ggs = gp_xcalloc((size_t)l.sparse_numel, 4), *ggd = gp_xcalloc((size_t)l.dense_numel, 4);
     REQUIRE(cpu->get_grads(cpu, gcs, gcd, &e) == 0 && gpu->get_grads(gpu, ggs, ggd, &e) == 0, "%s", e.msg);
-    compare_tensors(&l, ggs, ggd, gcs, gcd, GRAD_TOL, "random model gradients");
+    compare_tensors(&l, ggs, ggd, gcs, gcd, rc->stage == STAGE_FINETUNE ? GRAD_TOL_FINETUNE : GRAD_TOL,
+                    "random model gradients");
     /* One optimizer step from these gradients: parameters stay within bf16 tolerance. */
     optim_hparams h = {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-8, .weight_decay = 0.1, .max_grad_norm = 1.0,
                        .step = 1};
