@@ -74,6 +74,13 @@ struct cuda_model {
     /* scatter-add of embedding gradients */
     k_scatter_plan scat;
     void *scat_scratch;
+    /* CUDA graph of the last step shape seen twice in a row (see cuda_model_step) */
+    int use_graphs, have_graph, have_last;
+    cudaGraphExec_t graph;
+    struct step_sig {
+        int T, P_item, P_cate, rank_count, B, backward, want_rank;
+        float grad_scale;
+    } graph_sig, last_sig;
     /* metadata */
     void *meta_host, *meta_dev;
     size_t meta_bytes;
@@ -443,6 +450,8 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
         goto fail;
     if (build_ranges(m, e) != 0)
         goto fail;
+    const char *no_graph = getenv("GPSDREC_NO_CUDA_GRAPH");
+    m->use_graphs = !(no_graph && *no_graph && strcmp(no_graph, "0") != 0);
     return m;
 fail:
     cuda_model_destroy(m);
@@ -462,6 +471,8 @@ void cuda_model_destroy(cuda_model *m)
             cudaFree(bufs[i]);
     if (m->meta_host)
         cudaFreeHost(m->meta_host);
+    if (m->have_graph)
+        cudaGraphExecDestroy(m->graph);
     gemm_destroy(m->gemm);
     if (m->stream)
         cudaStreamDestroy(m->stream);
@@ -584,7 +595,8 @@ typedef struct {
     int T, P_item, P_cate, rank_count;
 } batch_shape;
 
-/* Packs the batch's metadata on the host (validating every id) and uploads it in one copy. */
+/* Packs the batch's metadata into the pinned host block (validating every id); the step copies
+ * it to the device in one transfer. */
 static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shape *bs, gp_err *e)
 {
     const model_config *c = &m->c;
@@ -665,10 +677,7 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
     }
     bs->T = T;
     m->B_cur = x->B;
-    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->stream));
     return 0;
-fail:
-    return -1;
 }
 
 /* Embeddings, blocks, final norm and output projector. */
@@ -982,15 +991,13 @@ fail:
     return -1;
 }
 
-int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backward, int want_rank, step_losses *out,
-                    float *rank_prob, gp_err *e)
+/* Everything one micro-batch puts on the stream: the metadata copy, the forward, the heads and
+ * (optionally) the backward. Host-side only in what it enqueues, so it can be captured. */
+static int enqueue_step(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, int want_rank, gp_err *e)
 {
     const model_config *c = &m->c;
-    memset(out, 0, sizeof *out);
-    batch_shape bs;
-    if (upload_batch(m, x, c->w_item > 0, &bs, e) != 0)
-        return -1;
-    const int T = bs.T;
+    const int T = bs->T;
+    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->stream));
     if (forward_trunk(m, T, e) != 0)
         return -1;
     if (backward) {
@@ -1001,15 +1008,78 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
         CU(cudaMemsetAsync(m->d_hf, 0, F32(rows * D), m->stream));
     }
     CU(cudaMemsetAsync(m->d_sums, 0, 4 * sizeof(double), m->stream));
-    if (item_cate_heads(m, &bs, grad_scale, backward, e) != 0)
+    if (item_cate_heads(m, bs, grad_scale, backward, e) != 0)
         return -1;
     if (backward && backward_trunk(m, T, e) != 0)
         return -1;
-    const int rank_on = c->w_rank > 0 || want_rank;
-    if (rank_on && rank_head(m, &bs, grad_scale, backward, e) != 0)
+    if ((c->w_rank > 0 || want_rank) && rank_head(m, bs, grad_scale, backward, e) != 0)
         return -1;
     if (backward && backward_blocks(m, T, e) != 0)
         return -1;
+    return 0;
+fail:
+    return -1;
+}
+
+/* A step's launches depend only on these; equal signatures replay the same graph. */
+static int same_sig(const struct step_sig *a, const struct step_sig *b)
+{
+    return a->T == b->T && a->P_item == b->P_item && a->P_cate == b->P_cate && a->rank_count == b->rank_count &&
+           a->B == b->B && a->backward == b->backward && a->want_rank == b->want_rank && a->grad_scale == b->grad_scale;
+}
+
+/* Captures the step into a graph and launches it. */
+static int capture_and_launch(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, int want_rank,
+                              const struct step_sig *sig, gp_err *e)
+{
+    cudaGraph_t graph = NULL;
+    CU(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+    int rc = enqueue_step(m, bs, grad_scale, backward, want_rank, e);
+    cudaError_t ce = cudaStreamEndCapture(m->stream, &graph);
+    if (rc != 0) {
+        if (graph)
+            cudaGraphDestroy(graph);
+        return -1;
+    }
+    CU(ce);
+    if (m->have_graph) {
+        cudaGraphExecDestroy(m->graph);
+        m->have_graph = 0;
+    }
+    ce = cudaGraphInstantiate(&m->graph, graph, 0);
+    cudaGraphDestroy(graph);
+    CU(ce);
+    m->have_graph = 1;
+    m->graph_sig = *sig;
+    CU(cudaGraphLaunch(m->graph, m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
+int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backward, int want_rank, step_losses *out,
+                    float *rank_prob, gp_err *e)
+{
+    const model_config *c = &m->c;
+    memset(out, 0, sizeof *out);
+    batch_shape bs;
+    if (upload_batch(m, x, c->w_item > 0, &bs, e) != 0)
+        return -1;
+    const int rank_on = c->w_rank > 0 || want_rank;
+    /* Shapes that repeat (full-length batches, the benchmarks) run as one CUDA graph: captured
+     * the second time a shape is seen in a row, replayed while it stays the same. Changing
+     * shapes launch kernel by kernel, since capturing each would cost more than it saves. */
+    struct step_sig sig = {bs.T, bs.P_item, bs.P_cate, bs.rank_count, m->B_cur, backward, want_rank, grad_scale};
+    if (m->use_graphs && m->have_graph && same_sig(&sig, &m->graph_sig)) {
+        CU(cudaGraphLaunch(m->graph, m->stream));
+    } else if (m->use_graphs && m->have_last && same_sig(&sig, &m->last_sig)) {
+        if (capture_and_launch(m, &bs, grad_scale, backward, want_rank, &sig, e) != 0)
+            return -1;
+    } else if (enqueue_step(m, &bs, grad_scale, backward, want_rank, e) != 0) {
+        return -1;
+    }
+    m->last_sig = sig;
+    m->have_last = 1;
     double sums[4];
     if (read_sums(m, sums, 4, e) != 0)
         return -1;
