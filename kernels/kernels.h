@@ -121,6 +121,17 @@ cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 
                             const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len,
                             int n_heads, int head_dim, int causal, cudaStream_t s);
 
+/* The same attention for any head_dim in 1..64 (the golden vectors' 4, or sizes like 24 or 48)
+ * on CUDA cores: one thread per query row (forward, dq) or key row (dk, dv), one block per
+ * (sequence, head). Same layouts and results as the two launchers above; slower, for small
+ * heads only. */
+cudaError_t k_attention_generic_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
+                                    const int32_t *seq_len, int n_seq, int n_heads, int head_dim, int causal,
+                                    cudaStream_t s);
+cudaError_t k_attention_generic_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
+                                    const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
+                                    int n_heads, int head_dim, int causal, cudaStream_t s);
+
 /* ---- pointwise ------------------------------------------------------------------------- */
 /* ab is [rows][2F] bf16 with a = columns 0..F-1 and b = columns F..2F-1 (the fused W1|W3 GEMM
  * output); g = silu(a) * b, bf16 [rows][F]. */

@@ -382,8 +382,8 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
         free(m);
         return NULL;
     }
-    if (c->head_dim != 8 && c->head_dim != 16 && c->head_dim != 32 && c->head_dim != 64) {
-        gp_fail(e, "the CUDA backend supports head_dim 8, 16, 32 or 64 (dim / n_heads = %d)", c->head_dim);
+    if (c->head_dim > 64) {
+        gp_fail(e, "the CUDA backend supports head_dim up to 64 (dim / n_heads = %d)", c->head_dim);
         free(m);
         return NULL;
     }
@@ -680,6 +680,9 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
     return 0;
 }
 
+/* The tensor-core attention kernels take these head sizes; others run on the generic kernel. */
+static int tensor_core_head(int hd) { return hd == 8 || hd == 16 || hd == 32 || hd == 64; }
+
 /* Embeddings, blocks, final norm and output projector. */
 static int forward_trunk(cuda_model *m, int T, gp_err *e)
 {
@@ -707,7 +710,11 @@ static int forward_trunk(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_fwd(m->gemm, a->qkv, GEMM_BF16, a->n1, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
             return -1;
         CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
-        CU(k_attention_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal, s));
+        if (tensor_core_head(hd))
+            CU(k_attention_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal,
+                               s));
+        else
+            CU(k_attention_generic_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, H, hd, c->causal, s));
         if (gemm_linear_fwd(m->gemm, m->o16, GEMM_BF16, a->att, m->P16 + o->wo, T, D, D, s, e) != 0)
             return -1;
         CU(k_residual_rmsnorm_fwd(a->h, a->n2, a->rstd2, a->x, m->o16, m->P + o->ffn_norm, T, D, c->norm_eps, s));
@@ -964,8 +971,12 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_wgrad(m->gemm, m->G + o->wo, m->d_h16, a->att, T, D, D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_att16, GEMM_BF16, 0.0f, m->d_h16, m->P16 + o->wo, T, D, D, s, e) != 0)
             return -1;
-        CU(k_attention_bwd(m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_off, md->seq_len, m->B_cur,
-                           m->S + 1, H, hd, c->causal, s));
+        if (tensor_core_head(hd))
+            CU(k_attention_bwd(m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_off, md->seq_len, m->B_cur,
+                               m->S + 1, H, hd, c->causal, s));
+        else
+            CU(k_attention_generic_bwd(m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_off, md->seq_len,
+                                       m->B_cur, H, hd, c->causal, s));
         CU(k_rope_qk(m->d_qkv16, md->tok_pos, T, H, hd, c->rope_theta, 1, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->wqkv, m->d_qkv16, a->n1, T, D, 3 * D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
