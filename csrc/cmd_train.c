@@ -153,10 +153,23 @@ int cmd_gpsd(int argc, char **argv)
     snprintf(pre_ckpt, sizeof pre_ckpt, "%s/pretrain/model.safetensors", base.out_dir);
     train_result pre, fin;
     double t0 = gp_now();
-    if (run_stage(&l, STAGE_PRETRAIN, base.out_dir, base.data, NULL, &pre, &e) != 0 ||
-        run_stage(&l, STAGE_FINETUNE, base.out_dir, base.data, pre_ckpt, &fin, &e) != 0) {
+    if (run_stage(&l, STAGE_PRETRAIN, base.out_dir, base.data, NULL, &pre, &e) != 0) {
         cfg_list_free(&l);
         return cli_error("gpsd", &e);
+    }
+    if (pre.stopped) {
+        printf("pretraining stopped early (stop_after_steps); rerun the same command to continue\n");
+        cfg_list_free(&l);
+        return 0;
+    }
+    if (run_stage(&l, STAGE_FINETUNE, base.out_dir, base.data, pre_ckpt, &fin, &e) != 0) {
+        cfg_list_free(&l);
+        return cli_error("gpsd", &e);
+    }
+    if (fin.stopped) {
+        printf("finetuning stopped early (stop_after_steps); rerun the same command to continue\n");
+        cfg_list_free(&l);
+        return 0;
     }
     gp_settings fs;
     cli_resolve(&l, STAGE_FINETUNE, &fs, NULL, &e);

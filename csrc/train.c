@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "rng.h"
+#include "run_state.h"
 
 double train_lr_at(const gp_settings *s, int64_t step, int64_t total)
 {
@@ -136,6 +137,16 @@ static void fmt_duration(double s, char *buf, size_t n)
         snprintf(buf, n, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
 }
 
+static char *settings_text_of(const gp_settings *s)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    settings_print(s, NULL, mem);
+    fclose(mem);
+    return text;
+}
+
 static int init_parameters(run_ctx *r, float **sparse_out, float **dense_out, gp_err *e)
 {
     const gp_settings *s = r->s;
@@ -178,7 +189,9 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     const ds_record **order = NULL;
     batch x;
     memset(&x, 0, sizeof x);
-    char *path = NULL;
+    char *path = NULL, *ckpt_dir = NULL;
+    float *int_prob = NULL;
+    int32_t *int_label = NULL;
 
     if (!s->data[0])
         return gp_fail(e, "no dataset: set data = <file> (make one with gpsdrec synth or gpsdrec prep)");
@@ -215,6 +228,36 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     if (init_parameters(&r, &sparse, &dense, e) != 0 || r.be->set_params(r.be, sparse, dense, e) != 0)
         goto done;
 
+    /* Training AUC of the rank head over each log interval, as the official loop reports. */
+    const int64_t int_cap = s->log_every * per_step;
+    int_prob = gp_xmalloc((size_t)int_cap * sizeof *int_prob);
+    int_label = gp_xmalloc((size_t)int_cap * sizeof *int_label);
+    run_state st;
+    memset(&st, 0, sizeof st);
+    st.total = total;
+    st.data_crc = r.ds.hdr->header_crc;
+    ckpt_dir = gp_path_join(s->out_dir, "checkpoints");
+    char resume_from[4096];
+    int resuming = s->resume == RESUME_AUTO && run_state_latest(ckpt_dir, resume_from, sizeof resume_from);
+    if (resuming) {
+        if (run_state_load(resume_from, &r.layout, r.be, &st, int_prob, int_label, int_cap, e) != 0) {
+            gp_wrap(e, "resuming from %s", resume_from);
+            goto done;
+        }
+        if (st.data_crc != r.ds.hdr->header_crc) {
+            gp_fail(e, "%s was written for another dataset than %s (header CRC %08x, now %08x); use another out_dir "
+                       "or resume = never",
+                    resume_from, s->data, st.data_crc, r.ds.hdr->header_crc);
+            goto done;
+        }
+        if (st.total != total)
+            printf("[%s] note: the schedule now has %lld steps, the checkpoint's run had %lld\n",
+                   settings_stage_name(s->stage), (long long)total, (long long)st.total);
+        st.total = total;
+        printf("[%s] resuming from %s (step %lld, epoch %lld)\n", settings_stage_name(s->stage), resume_from,
+               (long long)st.step, (long long)st.epoch + 1);
+    }
+
     if (gp_mkdirs(s->out_dir, e) != 0)
         goto done;
     path = gp_path_join(s->out_dir, "settings.conf");
@@ -222,7 +265,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
         goto done;
     free(path);
     path = gp_path_join(s->out_dir, "log.jsonl");
-    r.log = fopen(path, "w");
+    r.log = fopen(path, resuming ? "a" : "w");
     if (!r.log) {
         gp_fail(e, "%s: cannot create the log file", path);
         goto done;
@@ -247,19 +290,29 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     order = gp_xmalloc((size_t)r.n_train * sizeof *order);
     batch_alloc(&x, (int)s->batch_size, (int)s->max_history, mc.w_item > 0 ? mc.n_negatives : 0);
     probs = gp_xmalloc((size_t)s->batch_size * sizeof *probs);
-    /* Training AUC of the rank head over each log interval, as the official loop reports. */
-    float *int_prob = gp_xmalloc((size_t)(s->log_every * per_step) * sizeof *int_prob);
-    int32_t *int_label = gp_xmalloc((size_t)(s->log_every * per_step) * sizeof *int_label);
-    int64_t int_n = 0;
-
+    int64_t int_n = st.interval_n;
     double t_start = gp_now(), t_interval = t_start;
-    int64_t step = 0, micro = 0, samples_interval = 0;
-    double acc_loss = 0, acc_item = 0, acc_cate = 0, acc_rank = 0, acc_norm = 0;
-    int acc_steps = 0;
-    int epoch = 0;
-    for (epoch = 0; step < total; epoch++) {
+    int64_t step = st.step, micro = st.micro, samples_interval = st.samples_interval;
+    double acc_loss = st.acc_loss, acc_item = st.acc_item, acc_cate = st.acc_cate, acc_rank = st.acc_rank,
+           acc_norm = st.acc_norm;
+    int64_t acc_steps = st.acc_steps;
+    const int64_t first_step = step;
+    int64_t epoch = st.epoch, es0 = st.epoch_step;
+    char *settings_text = settings_text_of(s);
+    /* Writes a resumable checkpoint of the state after `step` (epoch_step steps into `ep`). */
+#define SAVE_CHECKPOINT(ep, epoch_step_done)                                                                           \
+    do {                                                                                                               \
+        run_state cs = {.step = step, .epoch = (ep), .epoch_step = (epoch_step_done), .micro = micro, .total = total,   \
+                        .acc_loss = acc_loss, .acc_item = acc_item, .acc_cate = acc_cate, .acc_rank = acc_rank,         \
+                        .acc_norm = acc_norm, .acc_steps = acc_steps, .samples_interval = samples_interval,            \
+                        .interval_n = int_n, .data_crc = r.ds.hdr->header_crc};                                         \
+        if (run_state_save(ckpt_dir, &r.layout, r.be, &cs, int_prob, int_label, settings_text,                         \
+                           settings_stage_name(s->stage), (int)s->keep_checkpoints, NULL, 0, e) != 0)                  \
+            goto done_loop;                                                                                            \
+    } while (0)
+    for (; step < total; epoch++, es0 = 0) {
         shuffle_order(order, r.train_recs, r.n_train, (uint64_t)s->seed, epoch, s->shuffle);
-        for (int64_t es = 0; es < steps_per_epoch && step < total; es++) {
+        for (int64_t es = es0; es < steps_per_epoch && step < total; es++) {
             step_losses sl_sum = {0};
             for (int a = 0; a < s->grad_accum; a++) {
                 int64_t base = (es * s->grad_accum + a) * s->batch_size;
@@ -303,7 +356,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
             if (step % s->log_every == 0 || step == total) {
                 double now = gp_now(), sps = samples_interval / (now - t_interval);
                 double train_auc = int_n ? metrics_auc(int_prob, int_label, (size_t)int_n) : NAN;
-                fprintf(r.log, "{\"event\":\"train\",\"step\":%lld,\"epoch\":%d", (long long)step, epoch + 1);
+                fprintf(r.log, "{\"event\":\"train\",\"step\":%lld,\"epoch\":%lld", (long long)step, (long long)epoch + 1);
                 json_num(r.log, "loss", acc_loss / acc_steps);
                 json_num(r.log, "item_loss", acc_item / acc_steps);
                 json_num(r.log, "cate_loss", acc_cate / acc_steps);
@@ -317,9 +370,9 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
                 fflush(r.log);
                 if (r.tty) {
                     char eta[32];
-                    fmt_duration((now - t_start) / step * (total - step), eta, sizeof eta);
-                    fprintf(stderr, "\r\033[K[%s] epoch %d/%lld step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f samples/s ETA %s",
-                            settings_stage_name(s->stage), epoch + 1, (long long)s->epochs, (long long)step,
+                    fmt_duration((now - t_start) / (double)(step - first_step) * (double)(total - step), eta, sizeof eta);
+                    fprintf(stderr, "\r\033[K[%s] epoch %lld/%lld step %lld/%lld loss %.4f lr %.2e |g| %.3f %.0f samples/s ETA %s",
+                            settings_stage_name(s->stage), (long long)epoch + 1, (long long)s->epochs, (long long)step,
                             (long long)total, acc_loss / acc_steps, h.lr, acc_norm / acc_steps, sps, eta);
                     fflush(stderr);
                 }
@@ -331,27 +384,50 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
             }
             int end_of_epoch = es + 1 == steps_per_epoch || step == total;
             if ((s->eval_every > 0 && step % s->eval_every == 0) || end_of_epoch) {
-                if (do_eval(&r, r.eval_recs, r.n_eval, ds_split_name(r.eval_split), step, epoch + 1, &res->eval, e) != 0)
+                if (do_eval(&r, r.eval_recs, r.n_eval, ds_split_name(r.eval_split), step, (int)epoch + 1, &res->eval,
+                            e) != 0)
                     goto done_loop;
                 res->has_eval = r.n_eval > 0;
             }
+            int stop_now = s->stop_after_steps > 0 && step - first_step >= s->stop_after_steps && step < total;
+            if (end_of_epoch && es + 1 == steps_per_epoch)
+                SAVE_CHECKPOINT(epoch + 1, 0);
+            else if ((s->checkpoint_every > 0 && step % s->checkpoint_every == 0) || stop_now)
+                SAVE_CHECKPOINT(epoch, es + 1);
+            if (stop_now) {
+                if (r.tty)
+                    fprintf(stderr, "\r\033[K");
+                printf("[%s] stopped after %lld steps at step %lld of %lld (stop_after_steps); run the same command "
+                       "to continue\n",
+                       settings_stage_name(s->stage), (long long)(step - first_step), (long long)step, (long long)total);
+                res->steps = step;
+                res->stopped = 1;
+                rc = 0;
+                goto done_loop;
+            }
         }
     }
+#undef SAVE_CHECKPOINT
     res->steps = step;
     res->seconds = gp_now() - t_start;
-    res->samples_per_s = (double)step * per_step / res->seconds;
+    res->samples_per_s = (double)(step - first_step) * per_step / res->seconds;
+    /* A resumed run that was already complete trained nothing now: evaluate it once anyway. */
+    if (!res->has_eval && r.n_eval > 0) {
+        if (do_eval(&r, r.eval_recs, r.n_eval, ds_split_name(r.eval_split), step, (int)epoch, &res->eval, e) != 0)
+            goto done_loop;
+        res->has_eval = 1;
+    }
     if (s->stage == STAGE_FINETUNE) {
-        if (do_eval(&r, r.train_recs, r.n_train, "train", step, epoch, &res->train_eval, e) != 0)
+        if (do_eval(&r, r.train_recs, r.n_train, "train", step, (int)epoch, &res->train_eval, e) != 0)
             goto done_loop;
         res->has_train_eval = 1;
     }
     rc = 0;
 done_loop:
-    free(int_prob);
-    free(int_label);
+    free(settings_text);
     if (r.tty)
         fprintf(stderr, "\r\033[K");
-    if (rc != 0)
+    if (rc != 0 || res->stopped)
         goto done;
     rc = -1;
     if (r.be->get_params(r.be, sparse, dense, e) != 0)
@@ -404,6 +480,9 @@ done_loop:
     rc = 0;
 done:
     free(path);
+    free(ckpt_dir);
+    free(int_prob);
+    free(int_label);
     free(order);
     free(probs);
     batch_free(&x);

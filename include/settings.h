@@ -19,6 +19,7 @@ enum { ATTN_CAUSAL = 0, ATTN_BIDIRECTIONAL = 1 };
 enum { DEVICE_AUTO = 0, DEVICE_CPU = 1, DEVICE_CUDA = 2 };
 enum { TRANSFER_NONE = 0, TRANSFER_FULL = 1, TRANSFER_SPARSE = 2 };
 enum { EVAL_SPLIT_TEST = 0, EVAL_SPLIT_VALID = 1 };
+enum { RESUME_AUTO = 0, RESUME_NEVER = 1 };
 
 typedef struct {
     /* data */
@@ -42,6 +43,8 @@ typedef struct {
     int shuffle;
     int64_t seed;
     int64_t eval_every, eval_batch_size, eval_max_samples, log_every;
+    int64_t checkpoint_every, keep_checkpoints, stop_after_steps;
+    int resume;
     char out_dir[CFG_STR_MAX];
     int device;
     int64_t threads;

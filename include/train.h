@@ -29,6 +29,7 @@ typedef struct {
     int64_t steps;
     double seconds, samples_per_s;
     int has_eval, has_train_eval;
+    int stopped;            /* stop_after_steps ended the run early (a checkpoint was written) */
     eval_result eval;       /* last evaluation on the eval split */
     eval_result train_eval; /* finetune: on the train split, after the last epoch */
     double ceiling_auc;     /* from a synthetic dataset's description, NAN otherwise */

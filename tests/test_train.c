@@ -314,3 +314,89 @@ TEST(train_transfer_and_shape_mismatch)
           e.msg);
     free(data);
 }
+
+/* A run stopped part-way (stop_after_steps, mid-epoch and mid log interval) and resumed gives
+ * the uninterrupted run's losses and final parameters bit for bit, on the same backend. */
+static void resume_case(const char *stage_extra, const char *tag)
+{
+    char *data = synth_small("resume.gpsd");
+    train_result a, b;
+    gp_err e = {{0}};
+    char extra[1024], name_a[64], name_b[64];
+    snprintf(name_a, sizeof name_a, "resume_a_%s", tag);
+    snprintf(name_b, sizeof name_b, "resume_b_%s", tag);
+    snprintf(extra, sizeof extra, "epochs = 2\nlog_every = 4\n%s", stage_extra);
+    REQUIRE(run_train(data, extra, name_a, &a, &e) == 0, "%s", e.msg);
+    snprintf(extra, sizeof extra, "epochs = 2\nlog_every = 4\nstop_after_steps = 7\n%s", stage_extra);
+    /* Legs of 7 steps, each resuming from the last one's checkpoint, until the run completes. */
+    int legs = 0;
+    do {
+        REQUIRE(run_train(data, extra, name_b, &b, &e) == 0, "%s", e.msg);
+        legs++;
+        if (b.stopped)
+            CHECK(b.steps == 7 * legs, "leg %d stopped at %lld", legs, (long long)b.steps);
+    } while (b.stopped && legs < 20);
+    CHECK(!b.stopped && b.steps == a.steps, "final %lld of %lld", (long long)b.steps, (long long)a.steps);
+    CHECK(legs == (int)((a.steps + 6) / 7), "%d legs for %lld steps", legs, (long long)a.steps);
+    char *la = read_out(name_a, "log.jsonl"), *lb = read_out(name_b, "log.jsonl");
+    double xa[64], xb[64];
+    int na, nb;
+    losses_of(la, xa, 64, &na);
+    losses_of(lb, xb, 64, &nb);
+    CHECK(na == nb && na > 4, "%d vs %d train lines", na, nb);
+    for (int i = 0; i < na && i < nb; i++)
+        CHECK(xa[i] == xb[i], "log line %d: %.17g uninterrupted, %.17g resumed", i, xa[i], xb[i]);
+    st_file fa, fb;
+    REQUIRE(st_open(&fa, a.checkpoint, &e) == 0 && st_open(&fb, b.checkpoint, &e) == 0, "%s", e.msg);
+    for (int i = 0; i < fa.n; i++) {
+        const st_tensor *tb = st_find(&fb, fa.tensors[i].name);
+        CHECK(tb && tb->nbytes == fa.tensors[i].nbytes && memcmp(tb->data, fa.tensors[i].data, tb->nbytes) == 0,
+              "%s differs after resuming", fa.tensors[i].name);
+    }
+    st_close(&fa);
+    st_close(&fb);
+    /* keep_checkpoints (2) newest checkpoints and no temporary directories are left. */
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/%s/checkpoints", test_tmp_dir(), name_b);
+    char cmd[1200], *out;
+    snprintf(cmd, sizeof cmd, "ls %s", dir);
+    test_run_capture(cmd, &out);
+    int n = 0;
+    for (char *p = out; (p = strstr(p, "step_")); p++)
+        n++;
+    CHECK(n == 2 && !strstr(out, ".tmp"), "checkpoints left: %s", out);
+    free(out);
+    free(la);
+    free(lb);
+    free(data);
+}
+
+TEST(train_resume_is_bit_exact_pretrain) { resume_case("", "pre"); }
+TEST(train_resume_is_bit_exact_finetune_frozen)
+{
+    resume_case("stage = finetune\nfreeze_sparse = true\n", "fin");
+}
+
+TEST(train_resume_refuses_another_dataset)
+{
+    char *d1 = synth_small("r1.gpsd");
+    char *d2 = gp_path_join(test_tmp_dir(), "r2.gpsd");
+    synth_config c = synth_default_config();
+    c.n_users = 600;
+    c.n_items = 200;
+    c.n_cates = 10;
+    c.n_topics = 20;
+    c.mean_len = 12;
+    c.seed = 99;
+    c.protocol.max_history = 20;
+    synth_report rep;
+    gp_err e = {{0}};
+    REQUIRE(synth_generate(&c, d2, &rep, &e) == 0, "%s", e.msg);
+    train_result r;
+    REQUIRE(run_train(d1, "max_steps = 4\nstop_after_steps = 2\n", "refuse", &r, &e) == 0, "%s", e.msg);
+    CHECK(run_train(d2, "max_steps = 4\n", "refuse", &r, &e) != 0);
+    CHECK(strstr(e.msg, "another dataset") && strstr(e.msg, "resume = never"), "%s", e.msg);
+    CHECK(run_train(d2, "max_steps = 4\nresume = never\n", "refuse", &r, &e) == 0, "%s", e.msg);
+    free(d1);
+    free(d2);
+}
