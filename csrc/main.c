@@ -14,6 +14,7 @@ static const cli_command commands[] = {
      cmd_gpsd_usage},
     {"train", "one training stage (pretrain or finetune) from config files", cmd_train, cmd_train_usage},
     {"eval", "evaluate a checkpoint on a dataset's test (or valid) split", cmd_eval, cmd_eval_usage},
+    {"score", "write a CTR prediction per sample of a dataset split with a checkpoint", cmd_score, cmd_score_usage},
     {"synth", "generate a synthetic dataset with a known AUC ceiling", cmd_synth, cmd_synth_usage},
     {"info", "describe a dataset (.gpsd) or a checkpoint (.safetensors)", cmd_info, cmd_info_usage},
 };

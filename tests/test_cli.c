@@ -26,7 +26,8 @@ static int run(const char *args, char **out)
 
 TEST(cli_help_and_unknown_commands)
 {
-    EXPECT("--help", 0, "usage: gpsdrec <command>", "gpsd", "train", "synth", "info", "eval");
+    EXPECT("--help", 0, "usage: gpsdrec <command>", "gpsd", "train", "synth", "info", "eval", "score");
+    EXPECT("score --help", 0, "usage: gpsdrec score");
     EXPECT("", 2, "usage");
     EXPECT("trian", 2, "unknown command \"trian\"", "did you mean \"train\"");
     EXPECT("train --help", 0, "usage: gpsdrec train", "max_history", "pretrain.KEY");
@@ -101,6 +102,27 @@ TEST(cli_end_to_end_tiny)
     EXPECT(args, 0, "auc", "gauc", "logloss");
     snprintf(args, sizeof args, "eval %s/e2e/pretrain/model.safetensors --device cpu", tmp);
     EXPECT(args, 0, "hr@10", "ndcg@10");
+    /* score: one line per test sample after a header, written atomically */
+    snprintf(args, sizeof args, "score %s/e2e/finetune/model.safetensors --out %s/e2e/scores.tsv --device cpu", tmp, tmp);
+    EXPECT(args, 0, "test:", "predictions", "auc");
+    {
+        char p[1024], *text;
+        size_t len;
+        gp_err e;
+        snprintf(p, sizeof p, "%s/e2e/scores.tsv", tmp);
+        REQUIRE(gp_read_file(p, &text, &len, &e) == 0, "%s", e.msg);
+        int lines = 0;
+        for (size_t i = 0; i < len; i++)
+            lines += text[i] == '\n';
+        const char *header = "split\trecord\tuser\titem\tlabel\tprobability\n";
+        CHECK(strncmp(text, header, strlen(header)) == 0, "%.60s", text);
+        CHECK(lines > 10, "%d lines", lines);
+        free(text);
+    }
+    snprintf(args, sizeof args, "score %s/e2e/finetune/model.safetensors --device cpu", tmp);
+    EXPECT(args, 1, "--out FILE is required");
+    snprintf(args, sizeof args, "score %s/e2e/finetune/model.safetensors --out /tmp/x --split sideways", tmp);
+    EXPECT(args, 1, "--split sideways");
     snprintf(args, sizeof args, "info %s/e2e/data.gpsd %s/e2e/finetune/model.safetensors", tmp, tmp);
     EXPECT(args, 0, "item_embeddings.weight", "layers.0.attention.wq.weight", "rank_head.w2.bias", "pretrain");
     /* The saved settings reload as a config and reproduce the run's settings. */
