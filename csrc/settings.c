@@ -61,7 +61,7 @@ const cfg_key settings_keys[] = {
     {"transfer", CFG_ENUM, "none", 0, 0, "none|full|sparse", OFF(transfer), "what init_from provides: nothing (NT), every parameter (FT), or the item table only (ST)"},
     {"freeze_sparse", CFG_BOOL, "false", 0, 0, NULL, OFF(freeze_sparse), "freeze the item embedding table (no gradient, no optimizer state, no update)", "frozen_params"},
     /* synthetic data */
-    {"synth.users", CFG_INT, "20000", 1, 4e9, NULL, OFF(synth_users), "synthetic users"},
+    {"synth.users", CFG_INT, "50000", 1, 4e9, NULL, OFF(synth_users), "synthetic users"},
     {"synth.items", CFG_INT, "2000", 2, 4e9, NULL, OFF(synth_items), "synthetic items (ids 1..N)"},
     {"synth.cates", CFG_INT, "50", 1, 4e9, NULL, OFF(synth_cates), "synthetic categories"},
     {"synth.topics", CFG_INT, "30", 1, 1e7, NULL, OFF(synth_topics), "latent interest states"},
