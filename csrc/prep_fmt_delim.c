@@ -34,6 +34,35 @@ typedef struct {
     size_t n;
 } field;
 
+/* Per-worker memo of integer keys already mapped: the last user (a user's rows usually come
+ * together) and a small direct-mapped table for categories (few distinct values). Provisional ids
+ * never change once given, so a remembered id stays right. */
+#define CATE_MEMO 1024
+typedef struct {
+    int64_t user_key;
+    uint32_t user_id;
+    int64_t cate_key[CATE_MEMO];
+    uint32_t cate_id[CATE_MEMO];
+} key_memo;
+
+static uint32_t memo_put(key_memo *km, int k, prep_keymap *m, int64_t key)
+{
+    if (k == 0) {
+        if (km->user_id != PREP_NO_ID && km->user_key == key)
+            return km->user_id;
+        km->user_key = key;
+        return km->user_id = prep_key_put_int(m, key);
+    }
+    if (k == 2) {
+        uint32_t slot = (uint32_t)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> 54);
+        if (km->cate_id[slot] != PREP_NO_ID && km->cate_key[slot] == key)
+            return km->cate_id[slot];
+        km->cate_key[slot] = key;
+        return km->cate_id[slot] = prep_key_put_int(m, key);
+    }
+    return prep_key_put_int(m, key);
+}
+
 /* Splits a line; quoted fields are unescaped into scratch. Returns the field count, -1 on bad
  * quoting, or -2 when there are more than MAX_FIELDS. */
 static int split_line(const delim_ctx *d, const char *line, size_t len, field *f, char *scratch)
@@ -110,7 +139,7 @@ static int split_line(const delim_ctx *d, const char *line, size_t len, field *f
 
 /* One line; returns 1 when parsing must stop (abort mode). */
 static int parse_one(const delim_ctx *d, prep_worker *w, const prep_piece *p, uint64_t line_no, const char *line,
-                     size_t len, field *f, char *scratch)
+                     size_t len, field *f, char *scratch, key_memo *km)
 {
     const prep_opts *o = d->ev->o;
     prep_events *ev = d->ev;
@@ -191,7 +220,7 @@ static int parse_one(const delim_ctx *d, prep_worker *w, const prep_piece *p, ui
         int c = d->col[cols3[k]];
         if (c < 0)
             continue;
-        id[k] = prep_keymap_kind(maps[k]) == PREP_KEY_INT ? prep_key_put_int(maps[k], key[k])
+        id[k] = prep_keymap_kind(maps[k]) == PREP_KEY_INT ? memo_put(km, k, maps[k], key[k])
                                                           : prep_key_put_str(maps[k], f[c].p, f[c].n);
         if (id[k] == PREP_NO_ID) {
             w->oom = 1;
@@ -212,12 +241,17 @@ static void parse_piece(void *ctx, int worker, const prep_piece *p)
     field *f = malloc(MAX_FIELDS * sizeof *f);
     size_t scratch_cap = 4096;
     char *scratch = malloc(scratch_cap);
-    if (!f || !scratch) {
+    key_memo *km = malloc(sizeof *km);
+    if (!f || !scratch || !km) {
         w->oom = 1;
         free(f);
         free(scratch);
+        free(km);
         return;
     }
+    km->user_id = PREP_NO_ID;
+    for (int i = 0; i < CATE_MEMO; i++)
+        km->cate_id[i] = PREP_NO_ID;
     const char *cur = p->begin, *line;
     size_t len;
     uint64_t line_no = p->first_line;
@@ -236,11 +270,12 @@ static void parse_piece(void *ctx, int worker, const prep_piece *p)
                 break;
             }
         }
-        if (parse_one(d, w, p, line_no, line, len, f, scratch))
+        if (parse_one(d, w, p, line_no, line, len, f, scratch, km))
             break;
     }
     free(f);
     free(scratch);
+    free(km);
 }
 
 /* Column spec: a 1-based number, or a header name. */

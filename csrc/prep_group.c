@@ -20,18 +20,12 @@ void prep_pool_free(prep_pool *p)
 
 typedef struct {
     int64_t time;
-    uint32_t pos;
-} time_pos;
+    uint32_t item, cate;
+} tok;
 
-static int cmp_time_pos(const void *a, const void *b)
-{
-    const time_pos *x = a, *y = b;
-    if (x->time != y->time)
-        return x->time < y->time ? -1 : 1;
-    return x->pos < y->pos ? -1 : x->pos > y->pos;
-}
-
-/* Sorts one user's span by (time, input position); 0, or -1 when out of memory. */
+/* Stable sort of a user's span by time: insertion sort for short or nearly sorted spans is
+ * linear on them; longer ones go through a bottom-up merge sort (stable, O(n log n) whatever the
+ * input). Returns -1 when out of memory. */
 static int sort_user(uint32_t *item, uint32_t *cate, int64_t *time, uint32_t n)
 {
     uint32_t k = 1;
@@ -39,29 +33,50 @@ static int sort_user(uint32_t *item, uint32_t *cate, int64_t *time, uint32_t n)
         k++;
     if (k >= n)
         return 0;
-    time_pos *tp = malloc((size_t)n * sizeof *tp);
-    uint32_t *tmp = malloc((size_t)n * 2 * sizeof *tmp);
-    if (!tp || !tmp) {
-        free(tp);
-        free(tmp);
+    tok *a = malloc((size_t)n * 2 * sizeof *a);
+    if (!a)
         return -1;
+    tok *b = a + n;
+    for (uint32_t i = 0; i < n; i++) {
+        a[i].time = time[i];
+        a[i].item = item[i];
+        a[i].cate = cate[i];
+    }
+    /* runs of 16 by insertion sort, then merges */
+    const uint32_t run = 16;
+    for (uint32_t lo = 0; lo < n; lo += run) {
+        uint32_t hi = lo + run < n ? lo + run : n;
+        for (uint32_t i = lo + 1; i < hi; i++) {
+            tok x = a[i];
+            uint32_t j = i;
+            while (j > lo && a[j - 1].time > x.time) {
+                a[j] = a[j - 1];
+                j--;
+            }
+            a[j] = x;
+        }
+    }
+    for (uint32_t width = run; width < n; width *= 2) {
+        for (uint32_t lo = 0; lo < n; lo += 2 * width) {
+            uint32_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            uint32_t i = lo, j = mid, o = lo;
+            while (i < mid && j < hi)
+                b[o++] = a[j].time < a[i].time ? a[j++] : a[i++]; /* ties take the left run: stable */
+            while (i < mid)
+                b[o++] = a[i++];
+            while (j < hi)
+                b[o++] = a[j++];
+        }
+        tok *t = a;
+        a = b;
+        b = t;
     }
     for (uint32_t i = 0; i < n; i++) {
-        tp[i].time = time[i];
-        tp[i].pos = i;
+        time[i] = a[i].time;
+        item[i] = a[i].item;
+        cate[i] = a[i].cate;
     }
-    qsort(tp, n, sizeof *tp, cmp_time_pos);
-    for (uint32_t i = 0; i < n; i++) {
-        tmp[i] = item[tp[i].pos];
-        tmp[n + i] = cate[tp[i].pos];
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        item[i] = tmp[i];
-        cate[i] = tmp[n + i];
-        time[i] = tp[i].time;
-    }
-    free(tp);
-    free(tmp);
+    free(a < b ? a : b);
     return 0;
 }
 
@@ -165,24 +180,49 @@ int prep_group(const prep_rows *rows, const uint32_t *user_final, uint64_t n_use
 int prep_first_seen_cates(const prep_rows *rows, const uint32_t *item_final, const uint32_t *cate_final,
                           uint64_t n_items, int workers, uint32_t *item_cate, gp_err *e)
 {
-    /* n_items includes padding 0; worker t owns the items with id % workers == t and scans every
-     * row in input order, so ties go to the first row whatever the thread count. */
-    int64_t *best = gp_alloc_or_fail(n_items * sizeof *best, "prep: first-seen times of items", e);
-    if (!best)
+    /* Each block of rows (in input order) finds its own earliest row per item; blocks are then
+     * merged in order, an earlier block winning ties, so the result is the earliest row of the
+     * whole input, ties going to the first in the file, whatever the thread count. */
+    int blocks = workers;
+    while (blocks > 1 && (uint64_t)blocks * n_items * 12 > ((uint64_t)1 << 30))
+        blocks--;
+    int64_t *best = gp_alloc_or_fail((size_t)blocks * n_items * sizeof *best, "prep: first-seen times of items", e);
+    uint32_t *cat = gp_alloc_or_fail((size_t)blocks * n_items * sizeof *cat, "prep: first-seen categories", e);
+    if (!best || !cat) {
+        gp_free_aligned(best);
+        gp_free_aligned(cat);
         return -1;
-#pragma omp parallel for num_threads(workers) schedule(static, 1)
-    for (int t = 0; t < workers; t++) {
-        for (uint64_t r = 0; r < rows->n; r++) {
+    }
+    const uint64_t n = rows->n;
+#pragma omp parallel for num_threads(blocks) schedule(static, 1)
+    for (int b = 0; b < blocks; b++) {
+        int64_t *bt = best + (size_t)b * n_items;
+        uint32_t *bc = cat + (size_t)b * n_items;
+        uint64_t lo = n * (uint64_t)b / (uint64_t)blocks, hi = n * (uint64_t)(b + 1) / (uint64_t)blocks;
+        for (uint64_t r = lo; r < hi; r++) {
             uint32_t it = item_final[rows->item[r]];
-            if (it % (uint32_t)workers != (uint32_t)t)
-                continue;
             int64_t time = rows->time[r];
-            if (item_cate[it] == 0 || time < best[it]) {
-                item_cate[it] = cate_final[rows->cate[r]];
-                best[it] = time;
+            if (bc[it] == 0 || time < bt[it]) {
+                bc[it] = cate_final[rows->cate[r]];
+                bt[it] = time;
             }
         }
     }
+#pragma omp parallel for num_threads(workers) schedule(static)
+    for (int64_t it = 0; it < (int64_t)n_items; it++) {
+        uint32_t c = 0;
+        int64_t t = 0;
+        for (int b = 0; b < blocks; b++) {
+            uint32_t bc = cat[(size_t)b * n_items + (uint64_t)it];
+            int64_t bt = best[(size_t)b * n_items + (uint64_t)it];
+            if (bc && (c == 0 || bt < t)) {
+                c = bc;
+                t = bt;
+            }
+        }
+        item_cate[it] = c;
+    }
     gp_free_aligned(best);
+    gp_free_aligned(cat);
     return 0;
 }

@@ -414,6 +414,45 @@ static int cmp_int_pair(const void *a, const void *b)
     return x->key < y->key ? -1 : x->key > y->key;
 }
 
+/* LSD radix sort by key (keys >= 0), 11 bits a pass, only the passes the largest key needs:
+ * stable, linear, no comparison calls for millions of ids. */
+static int radix_sort_pairs(int_pair *a, uint64_t n)
+{
+    if (n < 2)
+        return 0;
+    int_pair *b = malloc(n * sizeof *b);
+    if (!b) {
+        qsort(a, n, sizeof *a, cmp_int_pair);
+        return 0;
+    }
+    uint64_t max = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if ((uint64_t)a[i].key > max)
+            max = (uint64_t)a[i].key;
+    int_pair *src = a, *dst = b;
+    for (int shift = 0; shift < 64 && (max >> shift) != 0; shift += 11) {
+        uint64_t count[2048];
+        memset(count, 0, sizeof count);
+        for (uint64_t i = 0; i < n; i++)
+            count[((uint64_t)src[i].key >> shift) & 2047]++;
+        uint64_t sum = 0;
+        for (int d = 0; d < 2048; d++) {
+            uint64_t c = count[d];
+            count[d] = sum;
+            sum += c;
+        }
+        for (uint64_t i = 0; i < n; i++)
+            dst[count[((uint64_t)src[i].key >> shift) & 2047]++] = src[i];
+        int_pair *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, n * sizeof *a);
+    free(b);
+    return 0;
+}
+
 static const str_key *g_sort_keys; /* qsort has no context argument; finalize is serial */
 
 static int cmp_str_id(const void *a, const void *b)
@@ -459,7 +498,13 @@ int prep_keymap_finalize(prep_keymap *m, const uint8_t *used, gp_err *e)
                 canonical_int(m->skeys[id].p, m->skeys[id].len, &pairs[k].key);
             k++;
         }
-        qsort(pairs, k, sizeof *pairs, cmp_int_pair);
+        int neg = 0;
+        for (uint64_t r = 0; r < k && !neg; r++)
+            neg = pairs[r].key < 0;
+        if (neg)
+            qsort(pairs, k, sizeof *pairs, cmp_int_pair);
+        else
+            radix_sort_pairs(pairs, k);
         for (uint64_t r = 0; r < k; r++)
             m->order[r] = pairs[r].id;
     } else {
@@ -507,7 +552,22 @@ const char *prep_keymap_key_text(const prep_keymap *m, uint32_t final_id, char *
     if (id == PREP_NO_ID)
         return NULL;
     if (m->kind == PREP_KEY_INT) {
-        snprintf(buf, n, "%lld", (long long)m->ikeys[id]);
+        /* by hand: this runs once per key of maps with millions of keys */
+        int64_t v = m->ikeys[id];
+        char tmp[24];
+        int d = 0, neg = v < 0;
+        uint64_t u = neg ? 0 - (uint64_t)v : (uint64_t)v;
+        do
+            tmp[d++] = (char)('0' + u % 10);
+        while ((u /= 10) && d < 22);
+        if (n < (size_t)d + 2)
+            return NULL;
+        size_t o = 0;
+        if (neg)
+            buf[o++] = '-';
+        while (d)
+            buf[o++] = tmp[--d];
+        buf[o] = 0;
         return buf;
     }
     return m->skeys[id].p;
@@ -518,15 +578,47 @@ int prep_keymap_write(const prep_keymap *m, const char *path, gp_err *e)
     gp_atomic_file af;
     if (gp_atomic_open(&af, path, e) != 0)
         return -1;
+    /* formatted by hand into a large buffer: millions of lines */
+    size_t cap = (size_t)1 << 20, len = 0;
+    char *buf = malloc(cap);
     char num[32];
-    for (uint64_t r = 1; r <= m->n_final; r++) {
+    int rc = buf ? 0 : gp_fail(e, "%s: out of memory", path);
+    for (uint64_t r = 1; rc == 0 && r <= m->n_final; r++) {
         const char *key = prep_keymap_key_text(m, (uint32_t)r, num, sizeof num);
         if (!key)
             continue;
-        if (fprintf(af.f, "%s,%llu\n", key, (unsigned long long)r) < 0) {
-            gp_atomic_abort(&af);
-            return gp_fail(e, "%s: write failed", path);
+        size_t kl = strlen(key);
+        if (len + kl + 32 > cap) {
+            if (len && gp_atomic_write(&af, buf, len, e) != 0)
+                rc = -1;
+            len = 0;
+            if (rc == 0 && kl + 32 > cap) {
+                char *bigger = realloc(buf, kl + 32);
+                if (!bigger)
+                    rc = gp_fail(e, "%s: out of memory", path);
+                else
+                    buf = bigger, cap = kl + 32;
+            }
+            if (rc)
+                break;
         }
+        memcpy(buf + len, key, kl);
+        len += kl;
+        buf[len++] = ',';
+        char digits[24];
+        int d = 0;
+        for (uint64_t v = r; v; v /= 10)
+            digits[d++] = (char)('0' + v % 10);
+        while (d)
+            buf[len++] = digits[--d];
+        buf[len++] = '\n';
+    }
+    if (rc == 0 && len && gp_atomic_write(&af, buf, len, e) != 0)
+        rc = -1;
+    free(buf);
+    if (rc != 0) {
+        gp_atomic_abort(&af);
+        return -1;
     }
     return gp_atomic_commit(&af, e);
 }
