@@ -315,6 +315,14 @@ static int load_map(prep_keymap *m, const char *path, uint64_t *max_id, gp_err *
                          (unsigned long long)line_no, q);
             break;
         }
+        /* The official loader's vocabulary is (number of keys) + 1, so an index must not exceed
+         * the number of keys (bounded here by the line count). */
+        if ((uint64_t)idx > lines + 1) {
+            rc = gp_fail(e, "%s:%llu: index %lld exceeds the number of keys (%llu lines; the official vocabulary "
+                            "is keys + 1) in \"%s\"",
+                         path, (unsigned long long)line_no, (long long)idx, (unsigned long long)(lines + 1), q);
+            break;
+        }
         uint64_t before = prep_keymap_size(m);
         uint32_t id = prep_key_put_str(m, line, (size_t)(comma - line));
         if (id == PREP_NO_ID || id < before) {
@@ -344,6 +352,9 @@ static int load_map(prep_keymap *m, const char *path, uint64_t *max_id, gp_err *
         if ((uint64_t)idx > *max_id)
             *max_id = (uint64_t)idx;
     }
+    if (rc == 0 && *max_id > prep_keymap_size(m))
+        rc = gp_fail(e, "%s: the largest index %llu exceeds the number of keys %llu (the official vocabulary is keys + 1)",
+                     path, (unsigned long long)*max_id, (unsigned long long)prep_keymap_size(m));
     if (rc == 0)
         rc = prep_keymap_set_final(m, ids, *max_id, e);
     free(ids);

@@ -211,6 +211,11 @@ TEST(prep_errors_gpsd_text)
     EXPECT_FAIL(&o, "6 fields expected");
     prep_test_file("e_gpsd/item2index.txt", "a,1\nb,x\n");
     EXPECT_FAIL(&o, "item2index.txt:2:", "key,index");
+    /* found by fuzzing: a huge index must not size the vocabulary */
+    prep_test_file("e_gpsd/item2index.txt", "a,888888888\n");
+    EXPECT_FAIL(&o, "item2index.txt:1:", "exceeds the number of keys");
+    prep_test_file("e_gpsd/item2index.txt", "a,1\nb,1\n");
+    EXPECT_FAIL(&o, "item2index.txt:2:", "given twice");
     prep_opts n = prep_default_opts(PREP_FMT_GPSD);
     n.input = test_tmp_dir();
     EXPECT_FAIL(&n, "none of pretrain_dataset.txt");
