@@ -99,6 +99,8 @@ uint64_t prep_keymap_size(const prep_keymap *m);
 uint32_t prep_key_put_int(prep_keymap *m, int64_t key);
 uint32_t prep_key_put_str(prep_keymap *m, const char *s, size_t n);
 uint32_t prep_key_get_int(prep_keymap *m, int64_t key);
+/* Starts loading the slot of an integer key (a later put/get of it then finds it in cache). */
+void prep_key_prefetch_int(const prep_keymap *m, int64_t key);
 uint32_t prep_key_get_str(prep_keymap *m, const char *s, size_t n);
 /* used[prov] != 0 marks the keys that get a final id (NULL: all). */
 int prep_keymap_finalize(prep_keymap *m, const uint8_t *used, gp_err *e);

@@ -29,6 +29,12 @@ typedef struct {
 } str_slot;
 
 typedef struct {
+    _Atomic uint64_t key; /* EMPTY_KEY = free */
+    _Atomic uint32_t val; /* PREP_NO_ID while the inserting thread has not published the id */
+    uint32_t pad;
+} int_slot;
+
+typedef struct {
     pthread_mutex_t lock;
     str_slot *slot;
     uint64_t cap, used;
@@ -39,11 +45,13 @@ typedef struct {
 struct prep_keymap {
     int kind;
     char what[32];
-    _Atomic uint64_t count;
     uint64_t reserved; /* capacity of the by-id arrays */
+    /* The id counter is written by every insert: alone on its cache line, so lookups (which read
+     * the fields below) do not bounce it between cores. */
+    _Alignas(64) _Atomic uint64_t count;
+    _Alignas(64) char after_count;
     /* integers */
-    _Atomic uint64_t *slot_key;
-    _Atomic uint32_t *slot_val;
+    int_slot *slot; /* key and id side by side: one cache miss per lookup */
     uint64_t cap;
     int64_t *ikeys;
     /* strings */
@@ -84,7 +92,12 @@ static uint64_t hash_bytes(const char *s, size_t n)
 
 prep_keymap *prep_keymap_new(int kind, const char *what)
 {
-    prep_keymap *m = gp_xcalloc(1, sizeof *m);
+    prep_keymap *m = aligned_alloc(64, (sizeof *m + 63) / 64 * 64);
+    if (!m) {
+        fprintf(stderr, "gpsdrec: out of memory\n");
+        abort();
+    }
+    memset(m, 0, sizeof *m);
     m->kind = kind;
     snprintf(m->what, sizeof m->what, "%s", what);
     if (kind == PREP_KEY_STR)
@@ -97,8 +110,7 @@ void prep_keymap_free(prep_keymap *m)
 {
     if (!m)
         return;
-    free(m->slot_key);
-    free(m->slot_val);
+    free(m->slot);
     free(m->ikeys);
     if (m->kind == PREP_KEY_STR)
         for (int s = 0; s < N_SHARDS; s++) {
@@ -123,10 +135,10 @@ uint64_t prep_keymap_size(const prep_keymap *m) { return atomic_load(&m->count);
 static void int_insert_serial(prep_keymap *m, uint64_t key, uint32_t id)
 {
     uint64_t mask = m->cap - 1, h = mix64(key) & mask;
-    while (atomic_load_explicit(&m->slot_key[h], memory_order_relaxed) != EMPTY_KEY)
+    while (atomic_load_explicit(&m->slot[h].key, memory_order_relaxed) != EMPTY_KEY)
         h = (h + 1) & mask;
-    atomic_store_explicit(&m->slot_key[h], key, memory_order_relaxed);
-    atomic_store_explicit(&m->slot_val[h], id, memory_order_relaxed);
+    atomic_store_explicit(&m->slot[h].key, key, memory_order_relaxed);
+    atomic_store_explicit(&m->slot[h].val, id, memory_order_relaxed);
 }
 
 static int grow_ids(prep_keymap *m, uint64_t need, gp_err *e)
@@ -168,21 +180,16 @@ int prep_keymap_reserve(prep_keymap *m, uint64_t extra, gp_err *e)
     uint64_t cap = m->cap ? m->cap : 1024;
     while (cap < need)
         cap *= 2;
-    _Atomic uint64_t *sk = malloc(cap * sizeof *sk);
-    _Atomic uint32_t *sv = malloc(cap * sizeof *sv);
-    if (!sk || !sv) {
-        free(sk);
-        free(sv);
+    int_slot *sl = malloc(cap * sizeof *sl);
+    if (!sl)
         return gp_fail(e, "prep: out of memory for a %llu-slot %s table", (unsigned long long)cap, m->what);
-    }
     for (uint64_t i = 0; i < cap; i++) {
-        atomic_init(&sk[i], EMPTY_KEY);
-        atomic_init(&sv[i], PREP_NO_ID);
+        atomic_init(&sl[i].key, EMPTY_KEY);
+        atomic_init(&sl[i].val, PREP_NO_ID);
+        sl[i].pad = 0;
     }
-    free(m->slot_key);
-    free(m->slot_val);
-    m->slot_key = sk;
-    m->slot_val = sv;
+    free(m->slot);
+    m->slot = sl;
     m->cap = cap;
     for (uint64_t id = 0; id < n; id++)
         int_insert_serial(m, (uint64_t)m->ikeys[id], (uint32_t)id);
@@ -203,28 +210,34 @@ uint32_t prep_key_put_int(prep_keymap *m, int64_t key)
         return PREP_NO_ID;
     uint64_t k = (uint64_t)key, mask = m->cap - 1, h = mix64(k) & mask;
     for (uint64_t probes = 0; probes < m->cap; probes++, h = (h + 1) & mask) {
-        uint64_t cur = atomic_load_explicit(&m->slot_key[h], memory_order_acquire);
+        uint64_t cur = atomic_load_explicit(&m->slot[h].key, memory_order_acquire);
         if (cur == k)
-            return wait_val(&m->slot_val[h]);
+            return wait_val(&m->slot[h].val);
         if (cur != EMPTY_KEY)
             continue;
         uint64_t expected = EMPTY_KEY;
-        if (atomic_compare_exchange_strong_explicit(&m->slot_key[h], &expected, k, memory_order_acq_rel,
+        if (atomic_compare_exchange_strong_explicit(&m->slot[h].key, &expected, k, memory_order_acq_rel,
                                                     memory_order_acquire)) {
             uint64_t id = atomic_fetch_add(&m->count, 1);
             if (id >= m->reserved) { /* the caller reserved too little: never wait forever */
                 atomic_store(&m->full, 1);
-                atomic_store_explicit(&m->slot_val[h], PREP_NO_ID - 1, memory_order_release);
+                atomic_store_explicit(&m->slot[h].val, PREP_NO_ID - 1, memory_order_release);
                 return PREP_NO_ID;
             }
             m->ikeys[id] = key;
-            atomic_store_explicit(&m->slot_val[h], (uint32_t)id, memory_order_release);
+            atomic_store_explicit(&m->slot[h].val, (uint32_t)id, memory_order_release);
             return (uint32_t)id;
         }
         if (expected == k)
-            return wait_val(&m->slot_val[h]);
+            return wait_val(&m->slot[h].val);
     }
     return PREP_NO_ID;
+}
+
+void prep_key_prefetch_int(const prep_keymap *m, int64_t key)
+{
+    if (m->cap)
+        __builtin_prefetch(&m->slot[mix64((uint64_t)key) & (m->cap - 1)]);
 }
 
 uint32_t prep_key_get_int(prep_keymap *m, int64_t key)
@@ -233,9 +246,9 @@ uint32_t prep_key_get_int(prep_keymap *m, int64_t key)
         return PREP_NO_ID;
     uint64_t k = (uint64_t)key, mask = m->cap - 1, h = mix64(k) & mask;
     for (uint64_t probes = 0; probes < m->cap; probes++, h = (h + 1) & mask) {
-        uint64_t cur = atomic_load_explicit(&m->slot_key[h], memory_order_acquire);
+        uint64_t cur = atomic_load_explicit(&m->slot[h].key, memory_order_acquire);
         if (cur == k)
-            return wait_val(&m->slot_val[h]);
+            return wait_val(&m->slot[h].val);
         if (cur == EMPTY_KEY)
             return PREP_NO_ID;
     }
@@ -358,15 +371,29 @@ int prep_parse_i64(const char *s, size_t n, int64_t *out)
             return -1;
     }
     uint64_t v = 0;
+    if (n - i <= 18) { /* cannot overflow: no per-digit check (this runs for every field) */
+        for (; i < n; i++) {
+            unsigned d = (unsigned)((unsigned char)s[i] - '0');
+            if (d > 9)
+                return -1;
+            v = v * 10 + d;
+        }
+        *out = neg ? -(int64_t)v : (int64_t)v;
+        return 0;
+    }
     const uint64_t limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    int overflow = 0;
     for (; i < n; i++) {
-        unsigned d = (unsigned char)s[i] - '0';
+        unsigned d = (unsigned)((unsigned char)s[i] - '0');
         if (d > 9)
             return -1;
         if (v > (limit - d) / 10)
-            return -2; /* overflow */
-        v = v * 10 + d;
+            overflow = 1; /* keep scanning: a later non-digit makes it "does not parse" */
+        else
+            v = v * 10 + d;
     }
+    if (overflow)
+        return -2;
     *out = neg ? (int64_t)(0 - v) : (int64_t)v;
     return 0;
 }
