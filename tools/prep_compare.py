@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares two gpsdrec datasets record by record, ignoring CTR negatives (random draws):
-every pretraining record and every positive must be the same (user, item, category, split and
-history tokens), and the counts of negatives per split must agree. Used by the prep benchmark to
+every pretraining record and every positive must be the same (user rank, item, category, split
+and history tokens), and the counts of negatives per split must agree. Used by the prep benchmark to
 check `gpsdrec prep --format taobao` against the official script's files converted with
 `gpsdrec prep --format gpsd`.  usage: prep_compare.py A.gpsd B.gpsd"""
 import sys
@@ -26,13 +26,15 @@ def load(path):
 
 
 def keyed(tok_item, tok_cate, rec):
+    # users renumbered by rank among those with records: a producer may count dropped users
+    rank = {u: i for i, u in enumerate(sorted(set(int(u) for u in rec["user"])))}
     out, negatives = {}, {}
     for r in rec:
         if r["label"] == 0:
             negatives[int(r["split"])] = negatives.get(int(r["split"]), 0) + 1
             continue
         o, n = int(r["offset"]), int(r["hist_len"])
-        key = (int(r["split"]), int(r["user"]), int(r["label"]))
+        key = (int(r["split"]), rank[int(r["user"])], int(r["label"]))
         out[key] = (int(r["item"]), int(r["cate"]), tok_item[o:o + n].tobytes(), tok_cate[o:o + n].tobytes())
     return out, negatives
 
