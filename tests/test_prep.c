@@ -356,3 +356,55 @@ TEST(prep_write_outputs_and_reopen)
     free((char *)bad.input);
     free(ds_path), free(imap), free(dir), free(data), free(item);
 }
+
+/* The Taobao path (integer maps, key memo, prefetch ring, first-seen categories by blocks) on a
+ * generated file with many ties and shuffled rows: the same bytes for 1 and 3 threads, any block
+ * size, and each item's category is the one of its earliest row (checked here directly). */
+TEST(prep_taobao_threads_and_first_seen)
+{
+    char *path = gp_path_join(test_tmp_dir(), "gen_taobao.csv");
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    uint64_t s = 12345;
+    enum { ROWS = 30000, ITEMS = 700 };
+    static long long best_time[ITEMS];
+    static int best_cate[ITEMS];
+    for (int i = 0; i < ITEMS; i++)
+        best_time[i] = -1;
+    for (int r = 0; r < ROWS; r++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        int user = (int)((s >> 33) % 900), item = (int)((s >> 20) % ITEMS), cate = (int)((s >> 45) % 3) + item % 7 * 3;
+        long long t = 1000 + (long long)((s >> 40) % 50); /* many equal times */
+        fprintf(f, "%d,%d,%d,pv,%lld\n", user * 7919 % 100003, item * 31 + 5, cate, t);
+        if (best_time[item] < 0 || t < best_time[item]) {
+            best_time[item] = t;
+            best_cate[item] = cate;
+        }
+    }
+    fclose(f);
+    prep_opts o = prep_default_opts(PREP_FMT_TAOBAO);
+    o.input = path;
+    o.threads = 1;
+    prep_report rep;
+    gp_err e;
+    prep_result *a = prep_test_build(&o, &rep, &e);
+    REQUIRE(a, "%s", e.msg);
+    o.threads = 3;
+    o.block_bytes = 5000;
+    prep_result *b = prep_test_build(&o, &rep, &e);
+    REQUIRE(b, "%s", e.msg);
+    CHECK(same_contents(prep_contents(a), prep_contents(b)), "taobao: 1 thread vs 3 threads with small blocks differ");
+    const ds_contents *c = prep_contents(b);
+    int bad = 0;
+    for (uint32_t it = 1; it < c->n_items && !bad; it++) {
+        char kb[32], cb[32];
+        const char *key = prep_item_key(b, it, kb, sizeof kb), *ck = prep_cate_key(b, c->item_cate[it], cb, sizeof cb);
+        int raw = key ? (atoi(key) - 5) / 31 : -1;
+        if (raw < 0 || raw >= ITEMS || !ck || atoi(ck) != best_cate[raw])
+            bad = (int)it;
+    }
+    CHECK(!bad, "item %d: category is not its earliest row's", bad);
+    prep_result_free(a);
+    prep_result_free(b);
+    free(path);
+}
