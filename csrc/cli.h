@@ -35,12 +35,14 @@ int cmd_gpsd(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_score(int argc, char **argv);
+int cmd_prep(int argc, char **argv);
 void cmd_synth_usage(FILE *f);
 void cmd_train_usage(FILE *f);
 void cmd_gpsd_usage(FILE *f);
 void cmd_eval_usage(FILE *f);
 void cmd_info_usage(FILE *f);
 void cmd_score_usage(FILE *f);
+void cmd_prep_usage(FILE *f);
 
 /* The embedded default run of `gpsdrec gpsd` with no config (synthetic data, a small model). */
 extern const char cli_embedded_default[];

@@ -16,6 +16,7 @@ static const cli_command commands[] = {
     {"eval", "evaluate a checkpoint on a dataset's test (or valid) split", cmd_eval, cmd_eval_usage},
     {"score", "write a CTR prediction per sample of a dataset split with a checkpoint", cmd_score, cmd_score_usage},
     {"synth", "generate a synthetic dataset with a known AUC ceiling", cmd_synth, cmd_synth_usage},
+    {"prep", "raw logs (taobao, amazon, movielens, csv, sequences, gpsd-rec text) to a dataset", cmd_prep, cmd_prep_usage},
     {"info", "describe a dataset (.gpsd) or a checkpoint (.safetensors)", cmd_info, cmd_info_usage},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
