@@ -53,6 +53,8 @@ typedef struct {
     int B;
     int64_t epoch, first_record; /* the batch: records [first_record, +B) of that epoch's order */
     char backend[16];
+    int n_loaded;          /* tensors read from the checkpoint */
+    char kept_fresh[1024]; /* tensors the checkpoint lacks (initialised), comma-separated */
 } parity_summary;
 
 /* Metadata the golden format has beyond the model config. */
@@ -289,6 +291,8 @@ done:
 /* The whole dump for resolved, validated settings s. */
 static int parity_dump(const gp_settings *s, const parity_opts *o, parity_summary *sum, gp_err *e)
 {
+    if (sum)
+        memset(sum, 0, sizeof *sum);
     if (!s->data[0])
         return gp_fail(e, "no dataset: set data = <file> (gpsdrec synth or gpsdrec prep makes one)");
     if (!o->out || !o->out[0])
@@ -322,6 +326,10 @@ static int parity_dump(const gp_settings *s, const parity_opts *o, parity_summar
         if (checkpoint_load_params(o->checkpoint, &l, sparse, dense, TRANSFER_FULL, &loaded, missing, sizeof missing,
                                    e) != 0)
             goto done;
+        if (sum) {
+            sum->n_loaded = loaded;
+            snprintf(sum->kept_fresh, sizeof sum->kept_fresh, "%s", missing);
+        }
     }
     if (o->bf16_weights)
         for (int t = 0; t < l.n_tensors; t++)
@@ -408,6 +416,9 @@ int main(int argc, char **argv)
     parity_summary sum = {0};
     if (parity_dump(&s, &o, &sum, &e) != 0)
         goto fail;
+    if (o.checkpoint)
+        printf("parity_dump: %d tensor(s) from %s%s%s\n", sum.n_loaded, o.checkpoint,
+               sum.kept_fresh[0] ? "; initialised (not in the checkpoint): " : "", sum.kept_fresh);
     printf("parity_dump: %s: %s backend, %s, L%lldH%lldA%lld, batch %d (epoch %lld, records %lld..%lld of the "
            "order), micro-step %lld: loss %.9g (item %.9g, cate %.9g, rank %.9g)\n",
            o.out, sum.backend, settings_stage_name(s.stage), (long long)s.n_layers, (long long)s.dim,

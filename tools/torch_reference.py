@@ -37,11 +37,12 @@ except the fp32 RoPE angle computation, which is part of the convention).
 Use as a library (load_case, reference) or through tools/parity.py.
 """
 
+import json
 import math
+import struct
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 INPUT_NAMES = (
     "historical_item_ids", "historical_cate_ids", "historical_len", "target_item_id", "target_cate_id",
@@ -51,25 +52,57 @@ EXPECT_NAMES = ("loss", "item_ar_loss", "cate_ar_loss", "rank_loss", "rank_outpu
 IGNORE = -100
 
 
+_DTYPES = {"F32": torch.float32, "F64": torch.float64, "BF16": torch.bfloat16, "F16": torch.float16,
+           "I64": torch.int64, "I32": torch.int32}
+
+
+def read_safetensors(path):
+    """(metadata, {name: tensor}) of a safetensors file. A small reader of our own, so the
+    reference needs torch alone (the GPU machine has no `safetensors` package to rely on)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (hlen,) = struct.unpack("<Q", data[:8])
+    if 8 + hlen > len(data):
+        raise ValueError(f"{path}: header length {hlen} runs past the end of the file")
+    header = json.loads(data[8:8 + hlen].decode("utf-8"))
+    meta = header.pop("__metadata__", None) or {}
+    body = memoryview(data)[8 + hlen:]
+    tensors = {}
+    for name, info in header.items():
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        shape = [int(d) for d in info["shape"]]
+        numel = math.prod(shape)
+        if not 0 <= begin <= end <= len(body) or end - begin != numel * torch.empty((), dtype=dtype).element_size():
+            raise ValueError(f"{path}: tensor {name} has bad data offsets {begin}..{end}")
+        raw = bytearray(body[begin:end])  # a writable copy; torch.frombuffer shares it
+        t = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        tensors[name] = t.reshape(shape)
+    return meta, tensors
+
+
 class Case:
     """One golden-format file: metadata, params, grads (as stored), inputs, expectations."""
 
     def __init__(self, path):
         self.path = path
         self.params, self.grads, self.inputs, self.expect = {}, {}, {}, {}
-        with safe_open(path, framework="pt") as f:
-            self.meta = dict(f.metadata() or {})
-            for key in f.keys():
-                kind, _, name = key.partition(".")
-                t = f.get_tensor(key)
-                if kind == "param":
-                    self.params[name] = t
-                elif kind == "grad":
-                    self.grads[name] = t
-                elif kind == "input":
-                    self.inputs[name] = t
-                elif kind == "expect":
-                    self.expect[name] = t
+        meta, tensors = read_safetensors(path)
+        self.meta = dict(meta)
+        for key, t in tensors.items():
+            kind, _, name = key.partition(".")
+            if kind == "param":
+                self.params[name] = t
+            elif kind == "grad":
+                self.grads[name] = t
+            elif kind == "input":
+                self.inputs[name] = t
+            elif kind == "expect":
+                self.expect[name] = t
         missing = [n for n in INPUT_NAMES if n not in self.inputs] + [n for n in EXPECT_NAMES if n not in self.expect]
         if missing:
             raise ValueError(f"{path}: missing tensors {', '.join(missing)}")
