@@ -57,7 +57,7 @@ LIB_OBJ  := $(HOST_SRC:%.c=$(OBJDIR)/%.o) $(OBJ_EXTRA)
 MAIN_OBJ := $(OBJDIR)/csrc/main.o
 TEST_OBJ := $(TEST_SRC:%.c=$(OBJDIR)/%.o) $(OBJDIR)/tests/test_main.o
 GPUTEST_OBJ := $(GPUTEST_SRC:%.c=$(OBJDIR)/%.o) $(OBJDIR)/tests/test_main.o
-DEPS     := $(OBJDIR)/benchmarks/bench_step.d $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPUTEST_OBJ:.o=.d)
+DEPS     := $(OBJDIR)/benchmarks/bench_step.d $(OBJDIR)/tools/parity_dump.d $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPUTEST_OBJ:.o=.d)
 
 .PHONY: all test test-gpu bench clean kernels flavor
 all: gpsdrec flavor
@@ -96,6 +96,10 @@ $(BUILD)/test_$(FLAVOR): $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/bench_step: $(OBJDIR)/benchmarks/bench_step.o $(LIB_OBJ)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
+
+# tools/parity_dump: one trainer micro-batch in the golden format, for tools/parity.py.
+$(BUILD)/parity_dump: $(OBJDIR)/tools/parity_dump.o $(LIB_OBJ)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 
 $(BUILD)/test_gpu: $(GPUTEST_OBJ) $(LIB_OBJ)

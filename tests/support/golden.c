@@ -69,9 +69,14 @@ static double scalar(const st_file *f, const char *name)
 
 int golden_load(golden_case *g, const char *name, gp_err *e)
 {
-    memset(g, 0, sizeof *g);
     char path[1024];
     snprintf(path, sizeof path, "%s/golden/%s", test_shared_dir(), name);
+    return golden_load_path(g, path, e);
+}
+
+int golden_load_path(golden_case *g, const char *path, gp_err *e)
+{
+    memset(g, 0, sizeof *g);
     if (st_open(&g->file, path, e) != 0)
         return -1;
     const st_file *f = &g->file;

@@ -22,6 +22,8 @@ extern const int golden_n_files;
 
 /* Loads shared/golden/<name>; returns 0 or -1 with a message. */
 int golden_load(golden_case *g, const char *name, gp_err *e);
+/* The same for a file in the golden format anywhere (e.g. a tools/parity_dump output). */
+int golden_load_path(golden_case *g, const char *path, gp_err *e);
 void golden_free(golden_case *g);
 
 /* max |a - b| over n, and max |b| (the scale the golden README's tolerance is relative to). */
