@@ -13,8 +13,9 @@
 #
 # DEVICE=cuda: the dumps round the linear weights to bf16 first (--bf16-weights, the same weights
 # the GPU's GEMMs read), and the comparison uses bf16 tolerances: losses 1e-2 relative, gradients
-# 5e-2 (pretraining) and 0.3 (finetuning) of each tensor's largest magnitude; an extra pass, for
-# information only, compares the dumps with the reference under bf16 autocast. DEVICE=cpu: fp32
+# 5e-2 (pretraining) and 0.3 (finetuning) of each tensor's largest magnitude, against the reference
+# run under bf16 autocast (like for like); the distance from the fp32 reference is reported for
+# information. DEVICE=cpu: fp32
 # tolerances 1e-5 and 1e-4. The official golden files are checked first, at 1e-5 / 1e-4, to show
 # the reference is faithful on this machine's torch. Exit status 0 when everything passes.
 # Everything it prints also goes to OUT_DIR/parity_$DEVICE.log; per-file JSON to
@@ -124,17 +125,23 @@ if [ -n "$BEAUTY" ]; then
     dump fin_beauty_L4H64A4 "$BEAUTY" --stage finetune $L4
 fi
 
-say "== 5. the dumps against the reference (fp32 on $REF_DEVICE)"
 shopt -s nullglob
 PRE=("$OUT"/dumps/pre_*.safetensors)
 FIN=("$OUT"/dumps/fin_*.safetensors)
-[ ${#PRE[@]} -gt 0 ] && { run python3 tools/parity.py --quiet --device "$REF_DEVICE" "${TOL_PRE[@]}" --json "$JSON" "${PRE[@]}" || FAILED=1; }
-[ ${#FIN[@]} -gt 0 ] && { run python3 tools/parity.py --quiet --device "$REF_DEVICE" "${TOL_FIN[@]}" --json "$JSON" "${FIN[@]}" || FAILED=1; }
-
-if [ "$DEVICE" = cuda ]; then
-    say "== 5b. for information: the same dumps against the reference under bf16 autocast"
-    python3 tools/parity.py --quiet --precision bf16 --device "$REF_DEVICE" "${TOL_FIN[@]}" "${PRE[@]}" "${FIN[@]}" \
-        2>&1 | grep -v '^    ' | tee -a "$LOG"
+if [ "$DEVICE" = cpu ]; then
+    say "== 5. the dumps against the reference (fp32 on $REF_DEVICE)"
+    [ ${#PRE[@]} -gt 0 ] && { run python3 tools/parity.py --quiet --device "$REF_DEVICE" "${TOL_PRE[@]}" --json "$JSON" "${PRE[@]}" || FAILED=1; }
+    [ ${#FIN[@]} -gt 0 ] && { run python3 tools/parity.py --quiet --device "$REF_DEVICE" "${TOL_FIN[@]}" --json "$JSON" "${FIN[@]}" || FAILED=1; }
+else
+    # The CUDA backend computes in bf16, so it is judged against the reference computing in bf16
+    # too (autocast, on the same bf16-rounded weights): like for like. Its distance from the fp32
+    # reference is reported as well; on finetuning batches that distance is mostly bf16's own
+    # rounding, amplified by the CTR loss's cancelling terms (benchmarks/results/parity_cuda.md).
+    say "== 5. the dumps against the reference under bf16 autocast on $REF_DEVICE (pass/fail)"
+    [ ${#PRE[@]} -gt 0 ] && { run python3 tools/parity.py --quiet --precision bf16 --device "$REF_DEVICE" "${TOL_PRE[@]}" --json "$JSON" "${PRE[@]}" || FAILED=1; }
+    [ ${#FIN[@]} -gt 0 ] && { run python3 tools/parity.py --quiet --precision bf16 --device "$REF_DEVICE" "${TOL_FIN[@]}" --json "$JSON" "${FIN[@]}" || FAILED=1; }
+    say "== 5b. for information: the same dumps against the fp32 reference"
+    python3 tools/parity.py --quiet --device "$REF_DEVICE" "${TOL_FIN[@]}" "${PRE[@]}" "${FIN[@]}" 2>&1 | tee -a "$LOG"
 fi
 
 say "== summary (file, pass, largest loss error, largest gradient error)"
