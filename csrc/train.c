@@ -98,8 +98,8 @@ static int do_eval(run_ctx *r, const ds_record *recs, int64_t n, const char *spl
     return 0;
 }
 
-static void shuffle_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
-                          int shuffle)
+void train_epoch_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
+                       int shuffle)
 {
     for (int64_t i = 0; i < n; i++)
         order[i] = &recs[i];
@@ -311,7 +311,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
             goto done_loop;                                                                                            \
     } while (0)
     for (; step < total; epoch++, es0 = 0) {
-        shuffle_order(order, r.train_recs, r.n_train, (uint64_t)s->seed, epoch, s->shuffle);
+        train_epoch_order(order, r.train_recs, r.n_train, (uint64_t)s->seed, epoch, s->shuffle);
         for (int64_t es = es0; es < steps_per_epoch && step < total; es++) {
             step_losses sl_sum = {0};
             for (int a = 0; a < s->grad_accum; a++) {

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "dataset.h"
 #include "evaluate.h"
 #include "settings.h"
 
@@ -35,6 +36,11 @@ typedef struct {
     double ceiling_auc;     /* from a synthetic dataset's description, NAN otherwise */
     char checkpoint[CFG_STR_MAX + 32];
 } train_result;
+
+/* The order in which epoch `epoch` visits the n training records: a Fisher-Yates shuffle driven
+ * by gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, epoch), or the file order when shuffle is 0. */
+void train_epoch_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
+                       int shuffle);
 
 /* Learning rate at 0-based optimizer step `step` of `total` (official schedule_lr). */
 double train_lr_at(const gp_settings *s, int64_t step, int64_t total);

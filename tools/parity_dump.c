@@ -39,6 +39,7 @@
 #include "rng.h"
 #include "safetensors.h"
 #include "settings.h"
+#include "train.h"
 
 typedef struct {
     const char *out;        /* output file */
@@ -105,25 +106,6 @@ static void fmt_double(char *buf, size_t n, double v)
     }
 }
 
-/* The trainer's epoch order (train.c's shuffle_order): a Fisher-Yates shuffle of the split from
- * gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, epoch), or the file order without shuffling.
- * tests/test_parity_dump.c checks it against a training run's logged loss. */
-static void parity_epoch_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
-                               int shuffle)
-{
-    for (int64_t i = 0; i < n; i++)
-        order[i] = &recs[i];
-    if (!shuffle)
-        return;
-    gp_rng g = gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, (uint64_t)epoch, 0);
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)gp_rng_below64(&g, (uint64_t)i + 1);
-        const ds_record *t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-}
-
 /* Fill x (allocated by the caller with batch_size rows, max_history slots, n_negatives) with the
  * micro-batch the trainer feeds at global micro-step `micro` of a run with settings s. */
 static int parity_select_batch(const gp_settings *s, const dataset *ds, int64_t micro, batch *x, parity_summary *sum,
@@ -143,7 +125,7 @@ static int parity_select_batch(const gp_settings *s, const dataset *ds, int64_t 
     const ds_record **order = gp_alloc_or_fail((size_t)n * sizeof *order, "the epoch order", e);
     if (!order)
         return -1;
-    parity_epoch_order(order, ds->split_begin[split], n, (uint64_t)s->seed, epoch, s->shuffle);
+    train_epoch_order(order, ds->split_begin[split], n, (uint64_t)s->seed, epoch, s->shuffle);
     batch_fill(x, ds, order + in_epoch * s->batch_size, (int)s->batch_size);
     batch_sample_negatives(x, (uint64_t)s->seed, (uint64_t)micro, (int64_t)ds->hdr->n_items);
     gp_free_aligned(order);
