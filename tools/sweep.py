@@ -34,6 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ in tools/ of the working tree
 import sweep_fit  # noqa: E402
 import sweep_plot  # noqa: E402  (imports matplotlib only when drawing)
 

@@ -14,6 +14,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # no __pycache__ in tools/ of the working tree
 import sweep_fit  # noqa: E402
 
 COLORS = {"NT": "#d62728", "FT": "#ff7f0e", "ST": "#2ca02c", "FT&SF": "#9467bd", "ST&SF": "#1f77b4"}
