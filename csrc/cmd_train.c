@@ -15,7 +15,7 @@
 #include "train.h"
 
 /* The main job with no config: a synthetic dataset and a small model that trains on a CPU in a
- * few minutes, pretraining then finetuning with the pretrained item table frozen (ST&SF). */
+ * few minutes, pretraining then finetuning from it with the pretrained item table frozen. */
 const char cli_embedded_default[] =
     "dim = 32\n"
     "n_layers = 2\n"
@@ -28,6 +28,10 @@ const char cli_embedded_default[] =
     "log_every = 10\n"
     "pretrain.epochs = 10\n"
     "finetune.epochs = 4\n"
+    /* Full transfer with the table frozen (FT&SF): on this synthetic data it beats ST&SF (0.799 against
+     * 0.758 test AUC), because the pretrained blocks already model the interest dynamics the CTR
+     * samples are too few to learn again. */
+    "finetune.transfer = full\n"
     "out_dir = runs/default\n";
 
 /* gpsd's own defaults: finetune transfers the pretrained item table and freezes it. */
@@ -94,7 +98,8 @@ void cmd_gpsd_usage(FILE *f)
                "full = FT, sparse = ST, with or without SF). Stages write into out_dir/pretrain and\n"
                "out_dir/finetune.\n\n"
                "With no config files it runs the embedded default: a synthetic dataset (out_dir/data.gpsd,\n"
-               "generated once), an L2H32A2 model, 10 pretraining epochs and 4 finetuning epochs, on the GPU\n"
+               "generated once), an L2H32A2 model, 10 pretraining epochs and 4 finetuning epochs from the whole\n"
+               "pretrained model with its item table frozen (FT&SF), on the GPU\n"
                "when there is one, else the CPU; it prints the test AUC next to the generator's ceiling.\n");
     cli_print_keys(f);
 }

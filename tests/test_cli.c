@@ -79,7 +79,7 @@ TEST(cli_end_to_end_tiny)
     snprintf(args, sizeof args,
              "gpsd --out_dir %s/e2e --synth.users 400 --synth.items 300 --synth.mean_len 12 --dim 16 --n_layers 1 "
              "--n_heads 2 --max_history 20 --n_negatives 32 --batch_size 64 --eval_batch_size 256 --warmup_steps 5 "
-             "--set pretrain.epochs=2 --set finetune.epochs=2 --device cpu --threads 2",
+             "--set pretrain.epochs=2 --set finetune.epochs=2 --set finetune.transfer=sparse --device cpu --threads 2",
              tmp);
     int st = run(args, &o);
     CHECK(st == 0, "gpsd exited %d:\n%s", st, o);
