@@ -189,7 +189,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     const ds_record **order = NULL;
     batch x;
     memset(&x, 0, sizeof x);
-    char *path = NULL, *ckpt_dir = NULL;
+    char *path = NULL, *ckpt_dir = NULL, *settings_text = NULL;
     float *int_prob = NULL;
     int32_t *int_label = NULL;
 
@@ -298,7 +298,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     int64_t acc_steps = st.acc_steps;
     const int64_t first_step = step;
     int64_t epoch = st.epoch, es0 = st.epoch_step;
-    char *settings_text = settings_text_of(s);
+    settings_text = settings_text_of(s);
     /* Writes a resumable checkpoint of the state after `step` (epoch_step steps into `ep`). */
 #define SAVE_CHECKPOINT(ep, epoch_step_done)                                                                           \
     do {                                                                                                               \
@@ -424,7 +424,6 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     }
     rc = 0;
 done_loop:
-    free(settings_text);
     if (r.tty)
         fprintf(stderr, "\r\033[K");
     if (rc != 0 || res->stopped)
@@ -433,18 +432,9 @@ done_loop:
     if (r.be->get_params(r.be, sparse, dense, e) != 0)
         goto done;
     snprintf(res->checkpoint, sizeof res->checkpoint, "%s/model.safetensors", s->out_dir);
-    {
-        char *settings_text = NULL;
-        size_t len = 0;
-        FILE *mem = open_memstream(&settings_text, &len);
-        settings_print(s, NULL, mem);
-        fclose(mem);
-        int save_rc = checkpoint_save_model(res->checkpoint, &r.layout, sparse, dense, settings_text,
-                                            settings_stage_name(s->stage), step, e);
-        free(settings_text);
-        if (save_rc != 0)
-            goto done;
-    }
+    if (checkpoint_save_model(res->checkpoint, &r.layout, sparse, dense, settings_text, settings_stage_name(s->stage),
+                              step, e) != 0)
+        goto done;
     path = gp_path_join(s->out_dir, "result.json");
     {
         char *json = NULL;
@@ -481,6 +471,7 @@ done_loop:
 done:
     free(path);
     free(ckpt_dir);
+    free(settings_text);
     free(int_prob);
     free(int_label);
     free(order);
