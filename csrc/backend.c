@@ -15,7 +15,7 @@ int backend_cuda_compiled(void)
 #endif
 }
 
-int backend_cuda_available(void)
+int backend_cuda_device_count(void)
 {
 #ifdef GPSDREC_WITH_CUDA
     int n = 0;
@@ -23,11 +23,13 @@ int backend_cuda_available(void)
         cudaGetLastError(); /* clear the sticky "no device" error */
         return 0;
     }
-    return n > 0;
+    return n;
 #else
     return 0;
 #endif
 }
+
+int backend_cuda_available(void) { return backend_cuda_device_count() > 0; }
 
 backend *backend_create(int device, const model_layout *layout, const backend_opts *opts, gp_err *e)
 {

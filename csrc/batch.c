@@ -85,9 +85,24 @@ void batch_sample_negatives(batch *b, uint64_t seed, uint64_t micro_step, int64_
         return;
 #pragma omp parallel for schedule(static) if (b->B >= 64)
     for (int i = 0; i < b->B; i++) {
-        gp_rng r = gp_rng_stream(seed, RNG_PURPOSE_NEGATIVES, micro_step, (uint64_t)i);
+        gp_rng r = gp_rng_stream(seed, RNG_PURPOSE_NEGATIVES, micro_step, (uint64_t)b->first_seq + (uint64_t)i);
         int32_t *neg = b->negatives + (size_t)i * b->N;
         for (int j = 0; j < b->N; j++)
             neg[j] = (int32_t)gp_rng_below64(&r, (uint64_t)n_items);
     }
+}
+
+void batch_label_counts(const batch *b, int64_t *item, int64_t *cate, int64_t *rank)
+{
+    int64_t ni = 0, nc = 0, nr = 0;
+    for (int i = 0; i < b->B; i++) {
+        for (int k = 0; k < b->S; k++) {
+            ni += b->item_label[(size_t)i * b->S + k] != LABEL_IGNORE;
+            nc += b->cate_label[(size_t)i * b->S + k] != LABEL_IGNORE;
+        }
+        nr += b->click[i] == 0 || b->click[i] == 1;
+    }
+    *item = ni;
+    *cate = nc;
+    *rank = nr;
 }

@@ -9,6 +9,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "dataset.h"
+#include "dist.h"
 #include "evaluate.h"
 #include "model.h"
 #include "safetensors.h"
@@ -44,6 +45,69 @@ static void apply_threads(const gp_settings *s)
         omp_set_num_threads((int)s->threads);
 }
 
+/* A data-parallel run: either this process starts the ranks (nproc != 1 and no launcher seen:
+ * returns 1 with the job's exit status in *status) or it joins the group its launcher describes
+ * (returns 0 with *d set; world 1 when there is no launcher). Ranks other than 0 print nothing on
+ * stdout; their errors still reach stderr. */
+static int dist_setup(const gp_settings *s, int argc, char **argv, dist_ctx **d, int *status, gp_err *e)
+{
+    *d = NULL;
+    if (s->nproc != 1 && !dist_env_present()) {
+        int n = (int)s->nproc;
+        if (n == 0) {
+            n = backend_cuda_device_count();
+            if (n < 1)
+                n = 1;
+        }
+        if (n > 1) {
+            printf("starting %d ranks on this node (nproc = %lld)\n", n, (long long)s->nproc);
+            *status = dist_launch(n, argc, argv, 30.0);
+            return 1;
+        }
+    }
+    dist_env env;
+    if (dist_env_detect(&env, e) != 0)
+        return -1;
+    *d = dist_init(&env, s->dist_timeout, e);
+    if (!*d)
+        return -1;
+    if (env.world > 1) {
+        if (env.rank == 0)
+            printf("rank 0 of %d (launcher %s, rendezvous %s:%d)\n", env.world, env.source, env.master_addr,
+                   env.master_port);
+        else if (!freopen("/dev/null", "w", stdout))
+            return gp_fail(e, "rank %d: cannot silence stdout", env.rank);
+    }
+    return 0;
+}
+
+/* Ends a command: a clean finish (a barrier, so no rank leaves while others still need it) or,
+ * on an error, tells the other ranks why before this one exits. */
+static int dist_end(dist_ctx *d, const char *cmd, int failed, const gp_err *e)
+{
+    if (failed) {
+        char text[1100];
+        snprintf(text, sizeof text, "gpsdrec %s: %s", cmd, e->msg);
+        dist_abort(d, text);
+        dist_free(d);
+        return cli_error(cmd, e);
+    }
+    gp_err fe = {{0}};
+    int rc = dist_finalize(d, &fe);
+    dist_free(d);
+    return rc == 0 ? 0 : cli_error(cmd, &fe);
+}
+
+/* The synthetic default dataset is generated once, by rank 0; the others wait for it. */
+static int ensure_data_dist(gp_settings *s, const char *out_dir, dist_ctx *d, gp_err *e)
+{
+    if (dist_rank(d) == 0 && cli_ensure_data(s, out_dir, e) != 0)
+        return -1;
+    if (dist_barrier(d, e) != 0)
+        return -1;
+    return dist_rank(d) == 0 ? 0 : cli_ensure_data(s, out_dir, e);
+}
+
 static void print_settings(const gp_settings *s, const cfg_assignment **origin)
 {
     printf("---- effective settings (stage %s) ----\n", settings_stage_name(s->stage));
@@ -74,19 +138,26 @@ int cmd_train(int argc, char **argv)
     /* The stage key picks the scope of the stage-scoped keys. */
     int stage = STAGE_PRETRAIN;
     if (settings_stage_of(&l, &stage, &e) != 0 || cli_resolve(&l, stage, &s, origin, &e) != 0 ||
-        settings_validate(&s, &e) != 0 || cli_ensure_data(&s, s.out_dir, &e) != 0) {
+        settings_validate(&s, &e) != 0) {
         cfg_list_free(&l);
         return cli_error("train", &e);
     }
-    apply_threads(&s);
-    print_settings(&s, origin);
-    train_result res;
-    if (train_run(&s, origin, &res, &e) != 0) {
+    dist_ctx *d = NULL;
+    int status = 0;
+    rc = dist_setup(&s, argc, argv, &d, &status, &e);
+    if (rc != 0) {
         cfg_list_free(&l);
-        return cli_error("train", &e);
+        return rc > 0 ? status : cli_error("train", &e);
+    }
+    int failed = ensure_data_dist(&s, s.out_dir, d, &e) != 0;
+    if (!failed) {
+        apply_threads(&s);
+        print_settings(&s, origin);
+        train_result res;
+        failed = train_run(&s, origin, d, &res, &e) != 0;
     }
     cfg_list_free(&l);
-    return 0;
+    return dist_end(d, "train", failed, &e);
 }
 
 void cmd_gpsd_usage(FILE *f)
@@ -105,7 +176,7 @@ void cmd_gpsd_usage(FILE *f)
 }
 
 static int run_stage(cfg_list *l, int stage, const char *out_root, const char *data, const char *init_from,
-                     train_result *res, gp_err *e)
+                     dist_ctx *d, train_result *res, gp_err *e)
 {
     gp_settings s;
     const cfg_assignment *origin[256];
@@ -119,7 +190,7 @@ static int run_stage(cfg_list *l, int stage, const char *out_root, const char *d
         return -1;
     apply_threads(&s);
     print_settings(&s, origin);
-    return train_run(&s, origin, res, e);
+    return train_run(&s, origin, d, res, e);
 }
 
 int cmd_gpsd(int argc, char **argv)
@@ -150,31 +221,44 @@ int cmd_gpsd(int argc, char **argv)
         return rc > 0 ? 0 : cli_error("gpsd", &e);
     }
     gp_settings base;
-    if (cli_resolve(&l, STAGE_PRETRAIN, &base, NULL, &e) != 0 || cli_ensure_data(&base, base.out_dir, &e) != 0) {
+    if (cli_resolve(&l, STAGE_PRETRAIN, &base, NULL, &e) != 0) {
         cfg_list_free(&l);
         return cli_error("gpsd", &e);
+    }
+    dist_ctx *d = NULL;
+    int status = 0;
+    rc = dist_setup(&base, argc, argv, &d, &status, &e);
+    if (rc != 0) {
+        cfg_list_free(&l);
+        return rc > 0 ? status : cli_error("gpsd", &e);
+    }
+    if (ensure_data_dist(&base, base.out_dir, d, &e) != 0) {
+        cfg_list_free(&l);
+        return dist_end(d, "gpsd", 1, &e);
     }
     char pre_ckpt[CFG_STR_MAX + 64];
     snprintf(pre_ckpt, sizeof pre_ckpt, "%s/pretrain/model.safetensors", base.out_dir);
     train_result pre, fin;
     double t0 = gp_now();
-    if (run_stage(&l, STAGE_PRETRAIN, base.out_dir, base.data, NULL, &pre, &e) != 0) {
+    if (run_stage(&l, STAGE_PRETRAIN, base.out_dir, base.data, NULL, d, &pre, &e) != 0) {
         cfg_list_free(&l);
-        return cli_error("gpsd", &e);
+        return dist_end(d, "gpsd", 1, &e);
     }
     if (pre.stopped) {
         printf("pretraining stopped early (stop_after_steps); rerun the same command to continue\n");
         cfg_list_free(&l);
-        return 0;
+        return dist_end(d, "gpsd", 0, &e);
     }
-    if (run_stage(&l, STAGE_FINETUNE, base.out_dir, base.data, pre_ckpt, &fin, &e) != 0) {
+    /* the finetune stage reads the pretrained model rank 0 has just written */
+    if (dist_barrier(d, &e) != 0 ||
+        run_stage(&l, STAGE_FINETUNE, base.out_dir, base.data, pre_ckpt, d, &fin, &e) != 0) {
         cfg_list_free(&l);
-        return cli_error("gpsd", &e);
+        return dist_end(d, "gpsd", 1, &e);
     }
     if (fin.stopped) {
         printf("finetuning stopped early (stop_after_steps); rerun the same command to continue\n");
         cfg_list_free(&l);
-        return 0;
+        return dist_end(d, "gpsd", 0, &e);
     }
     gp_settings fs;
     cli_resolve(&l, STAGE_FINETUNE, &fs, NULL, &e);
@@ -192,5 +276,5 @@ int cmd_gpsd(int argc, char **argv)
         printf("generator ceiling AUC %.4f (an oracle that knows each user's latent state)\n", fin.ceiling_auc);
     printf("test AUC %.4f\n", fin.eval.auc);
     cfg_list_free(&l);
-    return 0;
+    return dist_end(d, "gpsd", 0, &e);
 }

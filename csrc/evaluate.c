@@ -8,11 +8,49 @@
 
 const int EVAL_KS[EVAL_N_KS] = {1, 10, 50};
 
-int evaluate_ctr(backend *b, const dataset *ds, const ds_record *recs, int64_t n, int batch_size, int max_history,
-                 eval_result *r, float *probs, gp_err *e)
+/* In a data-parallel run each rank evaluates its contiguous share of the records. */
+static void my_share(const backend *b, int64_t n, int64_t *lo, int64_t *hi)
+{
+    const int W = dist_world(b->opts.dist), R = dist_rank(b->opts.dist);
+    *lo = n * R / W;
+    *hi = n * (R + 1) / W;
+}
+
+/* Replaces *p (this rank's `mine` elements of `elem` bytes) by every rank's, in rank order. */
+static int gather_all(dist_ctx *d, void **p, int64_t mine, size_t elem, int64_t n_total, gp_err *e)
+{
+    void *all = NULL;
+    size_t *off = gp_xmalloc((size_t)(dist_world(d) + 1) * sizeof *off);
+    int rc = dist_allgather(d, *p, (size_t)mine * elem, &all, off, e);
+    if (rc == 0 && off[dist_world(d)] != (size_t)n_total * elem)
+        rc = gp_fail(e, "evaluation: the ranks gathered %zu bytes, expected %lld records", off[dist_world(d)],
+                     (long long)n_total);
+    free(off);
+    if (rc != 0) {
+        free(all);
+        return -1;
+    }
+    gp_free_aligned(*p);
+    void *copy = gp_alloc_or_fail((size_t)(n_total ? n_total : 1) * elem, "gathered evaluation results", e);
+    if (!copy) {
+        free(all);
+        return -1;
+    }
+    memcpy(copy, all, (size_t)n_total * elem);
+    free(all);
+    *p = copy;
+    return 0;
+}
+
+int evaluate_ctr(backend *b, const dataset *ds, const ds_record *all_recs, int64_t n_all, int batch_size,
+                 int max_history, eval_result *r, float *probs, gp_err *e)
 {
     memset(r, 0, sizeof *r);
     double t0 = gp_now();
+    int64_t lo, hi;
+    my_share(b, n_all, &lo, &hi);
+    const ds_record *recs = all_recs + lo;
+    const int64_t n = hi - lo;
     float *prob = gp_alloc_or_fail((size_t)(n ? n : 1) * sizeof(float), "evaluation predictions", e);
     int32_t *label = gp_alloc_or_fail((size_t)(n ? n : 1) * sizeof(int32_t), "evaluation labels", e);
     uint32_t *user = gp_alloc_or_fail((size_t)(n ? n : 1) * sizeof(uint32_t), "evaluation users", e);
@@ -32,13 +70,18 @@ int evaluate_ctr(backend *b, const dataset *ds, const ds_record *recs, int64_t n
             user[start + i] = recs[start + i].user;
         }
     }
+    if (rc == 0 && dist_world(b->opts.dist) > 1 &&
+        (gather_all(b->opts.dist, (void **)&prob, n, sizeof *prob, n_all, e) != 0 ||
+         gather_all(b->opts.dist, (void **)&label, n, sizeof *label, n_all, e) != 0 ||
+         gather_all(b->opts.dist, (void **)&user, n, sizeof *user, n_all, e) != 0))
+        rc = -1;
     if (rc == 0) {
-        r->n = n;
-        r->auc = metrics_auc(prob, label, (size_t)n);
-        r->gauc = metrics_gauc(prob, label, user, (size_t)n);
-        r->logloss = metrics_logloss(prob, label, (size_t)n);
+        r->n = n_all;
+        r->auc = metrics_auc(prob, label, (size_t)n_all);
+        r->gauc = metrics_gauc(prob, label, user, (size_t)n_all);
+        r->logloss = metrics_logloss(prob, label, (size_t)n_all);
         if (probs)
-            memcpy(probs, prob, (size_t)n * sizeof(float));
+            memcpy(probs, prob, (size_t)n_all * sizeof(float));
     }
     r->seconds = gp_now() - t0;
     batch_free(&x);
@@ -49,11 +92,15 @@ int evaluate_ctr(backend *b, const dataset *ds, const ds_record *recs, int64_t n
     return rc;
 }
 
-int evaluate_next_item(backend *b, const dataset *ds, const ds_record *recs, int64_t n, int batch_size,
+int evaluate_next_item(backend *b, const dataset *ds, const ds_record *all_recs, int64_t n_all, int batch_size,
                        int max_history, eval_result *r, gp_err *e)
 {
     memset(r, 0, sizeof *r);
     double t0 = gp_now();
+    int64_t lo, hi;
+    my_share(b, n_all, &lo, &hi);
+    const ds_record *recs = all_recs + lo;
+    const int64_t n = hi - lo;
     const ds_record **ptrs = gp_xmalloc((size_t)batch_size * sizeof *ptrs);
     int64_t *rank = gp_xmalloc((size_t)batch_size * sizeof *rank);
     batch x;
@@ -83,6 +130,23 @@ int evaluate_next_item(backend *b, const dataset *ds, const ds_record *recs, int
             rr += 1.0 / ((double)rank[i] + 1.0);
             counted++;
         }
+    }
+    if (rc == 0 && dist_world(b->opts.dist) > 1) {
+        /* the ranks' sums, added in rank order */
+        double v[2 * EVAL_N_KS + 2];
+        for (int k = 0; k < EVAL_N_KS; k++) {
+            v[k] = hits[k];
+            v[EVAL_N_KS + k] = dcg[k];
+        }
+        v[2 * EVAL_N_KS] = rr;
+        v[2 * EVAL_N_KS + 1] = (double)counted;
+        rc = dist_allreduce_f64(b->opts.dist, v, 2 * EVAL_N_KS + 2, e);
+        for (int k = 0; k < EVAL_N_KS; k++) {
+            hits[k] = v[k];
+            dcg[k] = v[EVAL_N_KS + k];
+        }
+        rr = v[2 * EVAL_N_KS];
+        counted = (int64_t)v[2 * EVAL_N_KS + 1];
     }
     if (rc == 0) {
         r->n = counted;

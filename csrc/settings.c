@@ -33,7 +33,7 @@ const cfg_key settings_keys[] = {
     {"stage", CFG_ENUM, "pretrain", 0, 0, "pretrain|finetune", OFF(stage), "pretrain: next-item/category on sequences; finetune: CTR on train samples"},
     {"epochs", CFG_INT, "10", 0, 1e9, NULL, OFF(epochs), "passes over the training records", "epoch,num_epochs"},
     {"max_steps", CFG_INT, "0", 0, BIG, NULL, OFF(max_steps), "stop after this many optimizer steps (0 = run all epochs)"},
-    {"batch_size", CFG_INT, "512", 1, 1 << 24, NULL, OFF(batch_size), "sequences per micro-batch"},
+    {"batch_size", CFG_INT, "512", 1, 1 << 24, NULL, OFF(batch_size), "sequences per micro-batch, over all ranks of a data-parallel run (each rank takes its share; the training is the same for any number of GPUs)"},
     {"grad_accum", CFG_INT, "1", 1, 1 << 16, NULL, OFF(grad_accum), "micro-batches per optimizer step (gradients averaged)", "grad_accumulate_steps,gradient_accumulation_steps"},
     {"lr", CFG_FLOAT, "1e-3", 0, 10, NULL, OFF(lr), "peak learning rate (stage default: 5e-3 pretrain, 1e-3 finetune)", "learning_rate"},
     {"min_lr", CFG_FLOAT, "1e-4", 0, 10, NULL, OFF(min_lr), "learning rate at the end of the cosine decay (stage default: 5e-4 pretrain, 1e-4 finetune)", "min_learning_rate"},
@@ -56,6 +56,10 @@ const cfg_key settings_keys[] = {
     {"out_dir", CFG_STRING, "runs/default", 0, 0, NULL, OFF(out_dir), "directory for settings, logs and checkpoints", "ckpt_root_dir,output_dir"},
     {"device", CFG_ENUM, "auto", 0, 0, "auto|cpu|cuda", OFF(device), "backend: auto = cuda when a GPU is present, else cpu"},
     {"threads", CFG_INT, "0", 0, 4096, NULL, OFF(threads), "CPU threads (0 = all cores)"},
+    /* data parallelism */
+    {"nproc", CFG_INT, "1", 0, 4096, NULL, OFF(nproc), "processes (one per GPU) this command starts on this node for a data-parallel run; 0 = one per visible GPU; ignored under torchrun, mpirun or srun", "nproc_per_node"},
+    {"dist_timeout", CFG_FLOAT, "600", 1, 1e7, NULL, OFF(dist_timeout), "seconds a rank waits for the others (joining, host collectives) before it stops with an error"},
+    {"dist_item_grads", CFG_ENUM, "auto", 0, 0, "auto|rows|dense", OFF(dist_item_grads), "how ranks sum item-table gradients: rows = only the rows touched in the step travel, dense = the whole table is all-reduced, auto = whichever moves fewer bytes"},
     /* transfer */
     {"init_from", CFG_STRING, "", 0, 0, NULL, OFF(init_from), "checkpoint (.safetensors) to initialise from", "load_ckpt,checkpoint"},
     {"transfer", CFG_ENUM, "none", 0, 0, "none|full|sparse", OFF(transfer), "what init_from provides: nothing (NT), every parameter (FT), or the item table only (ST)"},

@@ -1,6 +1,8 @@
 #include "train.h"
 
+#include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 #include "backend.h"
 #include "batch.h"
 #include "checkpoint.h"
+#include "dist.h"
 #include "dataset.h"
 #include "metrics.h"
 #include "model.h"
@@ -177,20 +180,21 @@ static int init_parameters(run_ctx *r, float **sparse_out, float **dense_out, gp
     return 0;
 }
 
-int train_run(const gp_settings *s, const cfg_assignment **origin, train_result *res, gp_err *e)
+int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dist, train_result *res, gp_err *e)
 {
     memset(res, 0, sizeof *res);
     run_ctx r;
     memset(&r, 0, sizeof r);
     r.s = s;
-    r.tty = isatty(STDERR_FILENO);
+    const int W = dist_world(dist), R = dist_rank(dist), root = R == 0;
+    r.tty = root && isatty(STDERR_FILENO);
     int rc = -1;
     float *sparse = NULL, *dense = NULL, *probs = NULL;
     const ds_record **order = NULL;
     batch x;
     memset(&x, 0, sizeof x);
     char *path = NULL, *ckpt_dir = NULL, *settings_text = NULL;
-    float *int_prob = NULL;
+    float *int_prob = NULL, *all_probs = NULL;
     int32_t *int_label = NULL;
 
     if (!s->data[0])
@@ -206,6 +210,15 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     r.eval_recs = r.ds.split_begin[r.eval_split];
     r.n_eval = (int64_t)r.ds.split_count[r.eval_split];
     const int64_t per_step = s->batch_size * s->grad_accum;
+    if (s->batch_size < W) {
+        gp_fail(e, "batch_size = %lld is smaller than the %d ranks: each rank needs at least one sequence "
+                   "(batch_size counts the sequences of a micro-batch over all ranks)",
+                (long long)s->batch_size, W);
+        goto done;
+    }
+    /* This rank's share of every global micro-batch: sequences [lo, hi) of it. */
+    const int my_lo = (int)(s->batch_size * R / W), my_hi = (int)(s->batch_size * (R + 1) / W);
+    const int my_B = my_hi - my_lo;
     const int64_t steps_per_epoch = r.n_train / per_step;
     if (steps_per_epoch == 0) {
         gp_fail(e, "%s has %lld %s records, fewer than one step of batch_size x grad_accum = %lld", s->data,
@@ -220,8 +233,9 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     if (model_config_from_settings(&mc, s, (int64_t)r.ds.hdr->n_items, (int64_t)r.ds.hdr->n_cates, e) != 0 ||
         model_layout_build(&r.layout, &mc, e) != 0)
         goto done;
-    int max_batch = (int)GP_MAX(s->batch_size, s->eval_batch_size);
-    backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads};
+    int max_batch = (int)GP_MAX(my_B, s->eval_batch_size);
+    backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads,
+                       .dist = dist, .dist_item_grads = s->dist_item_grads};
     r.be = backend_create(s->device, &r.layout, &bo, e);
     if (!r.be)
         goto done;
@@ -239,6 +253,13 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
     ckpt_dir = gp_path_join(s->out_dir, "checkpoints");
     char resume_from[4096];
     int resuming = s->resume == RESUME_AUTO && run_state_latest(ckpt_dir, resume_from, sizeof resume_from);
+    if (W > 1) {
+        /* Every rank resumes from the checkpoint rank 0 picked (out_dir must be shared across nodes). */
+        int32_t flag = resuming;
+        if (dist_bcast(dist, &flag, sizeof flag, e) != 0 || dist_bcast(dist, resume_from, sizeof resume_from, e) != 0)
+            goto done;
+        resuming = flag;
+    }
     if (resuming) {
         if (run_state_load(resume_from, &r.layout, r.be, &st, int_prob, int_label, int_cap, e) != 0) {
             gp_wrap(e, "resuming from %s", resume_from);
@@ -258,13 +279,14 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
                (long long)st.step, (long long)st.epoch + 1);
     }
 
-    if (gp_mkdirs(s->out_dir, e) != 0)
+    /* Only rank 0 writes files; the others log into nothing. */
+    if (root && gp_mkdirs(s->out_dir, e) != 0)
         goto done;
     path = gp_path_join(s->out_dir, "settings.conf");
-    if (settings_save(s, origin, path, e) != 0)
+    if (root && settings_save(s, origin, path, e) != 0)
         goto done;
     free(path);
-    path = gp_path_join(s->out_dir, "log.jsonl");
+    path = root ? gp_path_join(s->out_dir, "log.jsonl") : strdup("/dev/null");
     r.log = fopen(path, resuming ? "a" : "w");
     if (!r.log) {
         gp_fail(e, "%s: cannot create the log file", path);
@@ -285,10 +307,13 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
            settings_stage_name(s->stage), (long long)total, (long long)steps_per_epoch, (long long)s->epochs,
            total < steps_per_epoch * s->epochs ? ", capped by max_steps" : "", (long long)s->batch_size,
            (long long)s->grad_accum, s->lr, s->min_lr, (long long)s->warmup_steps);
+    if (W > 1)
+        printf("[%s] data parallel over %d ranks: %d-%d sequences of each micro-batch per rank\n",
+               settings_stage_name(s->stage), W, (int)(s->batch_size / W), (int)((s->batch_size + W - 1) / W));
     fflush(stdout);
 
     order = gp_xmalloc((size_t)r.n_train * sizeof *order);
-    batch_alloc(&x, (int)s->batch_size, (int)s->max_history, mc.w_item > 0 ? mc.n_negatives : 0);
+    batch_alloc(&x, my_B, (int)s->max_history, mc.w_item > 0 ? mc.n_negatives : 0);
     probs = gp_xmalloc((size_t)s->batch_size * sizeof *probs);
     int64_t int_n = st.interval_n;
     double t_start = gp_now(), t_interval = t_start;
@@ -306,18 +331,39 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
                         .acc_loss = acc_loss, .acc_item = acc_item, .acc_cate = acc_cate, .acc_rank = acc_rank,         \
                         .acc_norm = acc_norm, .acc_steps = acc_steps, .samples_interval = samples_interval,            \
                         .interval_n = int_n, .data_crc = r.ds.hdr->header_crc};                                         \
-        if (run_state_save(ckpt_dir, &r.layout, r.be, &cs, int_prob, int_label, settings_text,                         \
-                           settings_stage_name(s->stage), (int)s->keep_checkpoints, NULL, 0, e) != 0)                  \
+        if (root && run_state_save(ckpt_dir, &r.layout, r.be, &cs, int_prob, int_label, settings_text,                 \
+                                   settings_stage_name(s->stage), (int)s->keep_checkpoints, NULL, 0, e) != 0)          \
             goto done_loop;                                                                                            \
     } while (0)
+    /* Fault injection for the tests of a rank's death: GPSDREC_FAULT=RANK:STEP kills rank RANK
+     * as it starts step STEP. */
+    int fault_rank = -1;
+    int64_t fault_step = -1;
+    if (getenv("GPSDREC_FAULT") && sscanf(getenv("GPSDREC_FAULT"), "%d:%" SCNd64, &fault_rank, &fault_step) != 2)
+        fault_rank = -1;
     for (; step < total; epoch++, es0 = 0) {
         train_epoch_order(order, r.train_recs, r.n_train, (uint64_t)s->seed, epoch, s->shuffle);
         for (int64_t es = es0; es < steps_per_epoch && step < total; es++) {
+            if (fault_rank == R && step == fault_step)
+                raise(SIGKILL);
             step_losses sl_sum = {0};
             for (int a = 0; a < s->grad_accum; a++) {
                 int64_t base = (es * s->grad_accum + a) * s->batch_size;
-                batch_fill(&x, &r.ds, order + base, (int)s->batch_size);
+                batch_fill(&x, &r.ds, order + base + my_lo, my_B);
+                x.first_seq = my_lo;
                 batch_sample_negatives(&x, (uint64_t)s->seed, (uint64_t)micro, (int64_t)r.ds.hdr->n_items);
+                if (W > 1) {
+                    /* Each loss part is averaged over the labelled positions of the whole global
+                     * micro-batch, so the summed gradient equals one GPU's on the same batch. */
+                    int64_t cnt[3];
+                    batch_label_counts(&x, &cnt[0], &cnt[1], &cnt[2]);
+                    if (dist_allreduce_i64(dist, cnt, 3, e) != 0)
+                        goto done_loop;
+                    x.norm_item = cnt[0];
+                    x.norm_cate = cnt[1];
+                    x.norm_rank = cnt[2];
+                    x.sync = a == s->grad_accum - 1;
+                }
                 step_losses sl;
                 if (r.be->forward_backward(r.be, &x, 1.0f / (float)s->grad_accum, &sl,
                                            mc.w_rank > 0 ? probs : NULL, e) != 0) {
@@ -329,11 +375,50 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, train_result 
                 sl_sum.item_loss += sl.item_loss / s->grad_accum;
                 sl_sum.cate_loss += sl.cate_loss / s->grad_accum;
                 sl_sum.rank_loss += sl.rank_loss / s->grad_accum;
-                if (mc.w_rank > 0)
-                    for (int i = 0; i < x.B; i++) {
-                        int_prob[int_n] = probs[i];
-                        int_label[int_n++] = x.click[i];
+                if (mc.w_rank > 0) {
+                    /* the interval's training AUC sees every rank's predictions, in global order */
+                    const float *p = probs;
+                    const int32_t *lab = x.click;
+                    void *gathered = NULL;
+                    int n_here = x.B;
+                    if (W > 1) {
+                        size_t bytes = (size_t)x.B * (sizeof(float) + sizeof(int32_t));
+                        char *mine = gp_xmalloc(bytes);
+                        for (int i = 0; i < x.B; i++) {
+                            memcpy(mine + (size_t)i * 8, &probs[i], 4);
+                            memcpy(mine + (size_t)i * 8 + 4, &x.click[i], 4);
+                        }
+                        int grc = dist_allgather(dist, mine, bytes, &gathered, NULL, e);
+                        free(mine);
+                        if (grc != 0)
+                            goto done_loop;
+                        n_here = (int)s->batch_size;
+                        all_probs = all_probs ? all_probs : gp_xmalloc((size_t)s->batch_size * sizeof *all_probs);
+                        for (int i = 0; i < n_here; i++)
+                            memcpy(&all_probs[i], (char *)gathered + (size_t)i * 8, 4);
+                        p = all_probs;
+                        lab = NULL;
                     }
+                    for (int i = 0; i < n_here; i++) {
+                        int_prob[int_n] = p[i];
+                        if (lab)
+                            int_label[int_n] = lab[i];
+                        else
+                            memcpy(&int_label[int_n], (char *)gathered + (size_t)i * 8 + 4, 4);
+                        int_n++;
+                    }
+                    free(gathered);
+                }
+            }
+            if (W > 1) {
+                /* each rank's parts are its share of the global means */
+                double v[4] = {sl_sum.loss, sl_sum.item_loss, sl_sum.cate_loss, sl_sum.rank_loss};
+                if (dist_allreduce_f64(dist, v, 4, e) != 0 || r.be->sync_grads(r.be, e) != 0)
+                    goto done_loop;
+                sl_sum.loss = v[0];
+                sl_sum.item_loss = v[1];
+                sl_sum.cate_loss = v[2];
+                sl_sum.rank_loss = v[3];
             }
             optim_hparams h = {.lr = train_lr_at(s, step, total), .beta1 = s->beta1, .beta2 = s->beta2,
                                .eps = s->adam_eps, .weight_decay = s->weight_decay,
@@ -429,6 +514,12 @@ done_loop:
     if (rc != 0 || res->stopped)
         goto done;
     rc = -1;
+    if (!root) {
+        /* rank 0 writes the model and the result; the others report what they evaluated */
+        res->steps = step;
+        rc = 0;
+        goto done;
+    }
     if (r.be->get_params(r.be, sparse, dense, e) != 0)
         goto done;
     snprintf(res->checkpoint, sizeof res->checkpoint, "%s/model.safetensors", s->out_dir);
@@ -476,6 +567,7 @@ done:
     free(int_label);
     free(order);
     free(probs);
+    free(all_probs);
     batch_free(&x);
     gp_free_aligned(sparse);
     gp_free_aligned(dense);

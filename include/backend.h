@@ -17,6 +17,13 @@
  * - rank_prob (if non-NULL, [B]) receives sigmoid of the rank logit of each sequence; it is
  *   only meaningful when the rank head is computed (w_rank > 0 or want_rank in forward).
  * - Results are deterministic for a given backend, inputs and thread count.
+ * - Data parallelism (opts.dist with more than one rank): every rank holds the same parameters
+ *   and optimizer state. sync_grads, called once per step after the last micro-batch and before
+ *   optimizer_step, leaves every rank with the sum over the ranks of the accumulated gradients
+ *   (each rank's losses are already divided by the global counts, see batch.h), identical on
+ *   every rank. The CUDA backend sums the dense gradients with NCCL while the backward of the
+ *   micro-batch marked `sync` runs, and the item table's touched rows (or the whole table, when
+ *   that moves fewer bytes) in sync_grads; the CPU backend sums over the group's TCP links.
  */
 #ifndef GPSDREC_BACKEND_H
 #define GPSDREC_BACKEND_H
@@ -24,6 +31,7 @@
 #include <stdint.h>
 
 #include "batch.h"
+#include "dist.h"
 #include "model.h"
 #include "util.h"
 
@@ -31,6 +39,8 @@ typedef struct {
     int max_batch;     /* largest micro-batch (sequences) */
     int freeze_sparse; /* item table frozen: no gradient, no optimizer state, no update */
     int threads;       /* CPU threads, 0 = all */
+    dist_ctx *dist;    /* the process group of a data-parallel run; NULL = one process */
+    int dist_item_grads; /* DIST_ITEM_AUTO / ROWS / DENSE (settings.h) */
 } backend_opts;
 
 typedef struct {
@@ -63,6 +73,8 @@ struct backend {
      * position (the number of items scoring strictly higher). */
     int (*rank_targets)(backend *b, const batch *x, int64_t *rank, gp_err *e);
     int (*optimizer_step)(backend *b, const optim_hparams *h, double *grad_norm, gp_err *e);
+    /* Sums the step's gradients over the ranks (a no-op with one process). */
+    int (*sync_grads)(backend *b, gp_err *e);
     int (*zero_grads)(backend *b, gp_err *e);
     /* Optimizer state in the canonical layout (m and v for each arena; sparse NULL when frozen). */
     int (*get_optim_state)(backend *b, float *m_sparse, float *v_sparse, float *m_dense, float *v_dense, gp_err *e);
@@ -77,6 +89,7 @@ void backend_destroy(backend *b);
 /* Whether this build has the CUDA backend, and whether a GPU is visible now. */
 int backend_cuda_compiled(void);
 int backend_cuda_available(void);
+int backend_cuda_device_count(void);
 
 backend *backend_cpu_create(const model_layout *layout, const backend_opts *opts, gp_err *e);
 #ifdef GPSDREC_WITH_CUDA

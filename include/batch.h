@@ -18,6 +18,13 @@
  * records have no next-item labels. Negatives of sequence b in micro-step m are drawn from
  * gp_rng_stream(seed, RNG_PURPOSE_NEGATIVES, m, b): a pure function of the run's seed and
  * position, so every backend and every resume sees the same negatives.
+ *
+ * Data parallelism: a rank holds its share of a global micro-batch; first_seq is the global index
+ * of its sequence 0 (negatives are drawn by global index, so a run's negatives do not depend on
+ * the number of ranks), norm_* are the loss denominators over all ranks (the backends average
+ * each loss part over norm_* instead of this batch's own count when it is non-zero), and sync
+ * marks the last micro-batch of an optimizer step (the backend starts summing gradients over the
+ * ranks while its backward runs). batch_alloc sets all of them to 0.
  */
 #ifndef GPSDREC_BATCH_H
 #define GPSDREC_BATCH_H
@@ -35,6 +42,9 @@ typedef struct {
     int32_t *item_label, *cate_label;
     int32_t *negatives;
     uint32_t *user;
+    int first_seq;
+    int64_t norm_item, norm_cate, norm_rank;
+    int sync;
 } batch;
 
 /* capacity sequences, S history slots, N negatives per sequence (0 = none). */
@@ -44,7 +54,15 @@ void batch_free(batch *b);
 /* Fill b with the records recs[0..count) (count <= capacity) of dataset ds. */
 void batch_fill(batch *b, const dataset *ds, const ds_record *const *recs, int count);
 
-/* Draw the negatives of every sequence of b for micro-step `micro_step`. */
+/* Draw the negatives of every sequence of b for micro-step `micro_step` (sequence i uses the
+ * stream of global index first_seq + i). */
 void batch_sample_negatives(batch *b, uint64_t seed, uint64_t micro_step, int64_t n_items);
+
+/* The labelled positions / samples each loss part averages over: item labels, category labels,
+ * clicks in {0, 1} (the same predicates as the backends). */
+void batch_label_counts(const batch *b, int64_t *item, int64_t *cate, int64_t *rank);
+
+/* The denominator a backend averages a loss part over: the batch's override when set. */
+static inline int64_t batch_norm_or(int64_t norm, int64_t own) { return norm > 0 ? norm : own; }
 
 #endif

@@ -6,6 +6,9 @@
  *   positives), the rank of that item among the whole catalogue by the item head's score at the
  *   last history position: HR@K and NDCG@K for K in EVAL_KS, and the mean reciprocal rank.
  * Records are processed in order in batches of batch_size; results do not depend on it.
+ * In a data-parallel run (the backend's opts.dist) every rank evaluates a contiguous share of
+ * the records in batches of batch_size, and the predictions (CTR) or the metric sums (next
+ * item) are gathered, so every rank returns the metrics over all n records.
  */
 #ifndef GPSDREC_EVALUATE_H
 #define GPSDREC_EVALUATE_H

@@ -20,6 +20,7 @@ enum { DEVICE_AUTO = 0, DEVICE_CPU = 1, DEVICE_CUDA = 2 };
 enum { TRANSFER_NONE = 0, TRANSFER_FULL = 1, TRANSFER_SPARSE = 2 };
 enum { EVAL_SPLIT_TEST = 0, EVAL_SPLIT_VALID = 1 };
 enum { RESUME_AUTO = 0, RESUME_NEVER = 1 };
+enum { DIST_ITEM_AUTO = 0, DIST_ITEM_ROWS = 1, DIST_ITEM_DENSE = 2 };
 
 typedef struct {
     /* data */
@@ -48,6 +49,10 @@ typedef struct {
     char out_dir[CFG_STR_MAX];
     int device;
     int64_t threads;
+    /* data parallelism */
+    int64_t nproc;
+    double dist_timeout;
+    int dist_item_grads;
     /* transfer */
     char init_from[CFG_STR_MAX];
     int transfer, freeze_sparse;

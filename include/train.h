@@ -12,6 +12,8 @@
  * - evaluation every eval_every steps and after each epoch: CTR AUC/GAUC/logloss on the eval
  *   split (finetune), next-item HR@K/NDCG@K against the whole catalogue (pretrain); after the
  *   last epoch of a finetune run also on the train split (the train-test gap).
+ * - fault injection (tests): GPSDREC_FAULT=RANK:STEP in the environment kills rank RANK with
+ *   SIGKILL as it starts optimizer step STEP (0-based).
  * - outputs in out_dir: settings.conf (effective settings), log.jsonl (one JSON object per log
  *   interval and per evaluation), model.safetensors (official parameter names), result.json.
  *   A progress line is drawn on stderr when it is a terminal.
@@ -23,6 +25,7 @@
 
 #include "config.h"
 #include "dataset.h"
+#include "dist.h"
 #include "evaluate.h"
 #include "settings.h"
 
@@ -45,6 +48,11 @@ void train_epoch_order(const ds_record **order, const ds_record *recs, int64_t n
 /* Learning rate at 0-based optimizer step `step` of `total` (official schedule_lr). */
 double train_lr_at(const gp_settings *s, int64_t step, int64_t total);
 
-int train_run(const gp_settings *s, const cfg_assignment **origin, train_result *res, gp_err *e);
+/* dist: the process group of a data-parallel run (NULL = one process). Each rank trains on its
+ * share of every global micro-batch (batch_size sequences over all ranks, split in rank order),
+ * gradients are summed over the ranks, every rank evaluates a share of the evaluation records;
+ * rank 0 alone writes the outputs. The result is the same as one process with the same settings,
+ * up to the order of floating-point sums. */
+int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dist, train_result *res, gp_err *e);
 
 #endif

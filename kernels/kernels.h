@@ -204,6 +204,21 @@ cudaError_t k_adamw_ranges(float *const *p, const float *const *g, float *const 
                            double max_norm, double lr, double beta1, double beta2, double eps, double weight_decay,
                            int64_t step, cudaStream_t s);
 
+
+/* ---- data-parallel item-table exchange (row_exchange.cu) --------------------------------- */
+/* mask[ids[i]] = 1 for 0 <= ids[i] < n_rows. */
+cudaError_t k_mark_rows(uint8_t *mask, const int32_t *ids, int64_t n, int64_t n_rows, cudaStream_t s);
+/* Scratch bytes k_mask_to_ids needs for a mask of n_rows. */
+cudaError_t k_mask_to_ids_scratch(int64_t n_rows, size_t *bytes);
+/* ids[0..*count) = the marked rows in increasing order; *count (device) = how many. */
+cudaError_t k_mask_to_ids(int32_t *ids, int64_t *count, const uint8_t *mask, int64_t n_rows, void *scratch,
+                          size_t scratch_bytes, cudaStream_t s);
+/* out[r] = table[ids[r]] for r < n, zero rows for n <= r < n_pad (fp32 [n_pad][dim]). */
+cudaError_t k_gather_rows_padded(float *out, const float *table, const int32_t *ids, int64_t n, int64_t n_pad, int dim,
+                                 cudaStream_t s);
+/* table[ids[r]] += rows[r] for r < n with ids[r] >= 0; the non-negative ids must be distinct. */
+cudaError_t k_add_rows_by_id(float *table, const float *rows, const int32_t *ids, int64_t n, int dim, cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif

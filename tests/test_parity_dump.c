@@ -238,7 +238,7 @@ static int train_steps(const char *base, const char *extra, const char *name, ch
     snprintf(text, sizeof text, "%sout_dir = %s\nlog_every = 1\nwarmup_steps = 10\n%s", base, out_dir, extra);
     gp_settings s;
     train_result r;
-    if (parity_settings(&s, text, e) != 0 || train_run(&s, NULL, &r, e) != 0)
+    if (parity_settings(&s, text, e) != 0 || train_run(&s, NULL, NULL, &r, e) != 0)
         return -1;
     return 0;
 }

@@ -208,7 +208,7 @@ static int run_train(const char *data, const char *extra, const char *out_name, 
     if (rc == 0)
         rc = settings_validate(&s, e);
     if (rc == 0)
-        rc = train_run(&s, NULL, res, e);
+        rc = train_run(&s, NULL, NULL, res, e);
     cfg_list_free(&l);
     return rc;
 }

@@ -57,6 +57,76 @@ static int cpu_get_grads(backend *b, float *sparse, float *dense, gp_err *e)
     return 0;
 }
 
+/* Sums the gradients over the ranks through the group's host links. The item table goes as its
+ * non-zero rows (every row a step can have touched with a non-zero gradient) unless the whole
+ * table is smaller: the same choice and the same rank-order sum as the CUDA backend. */
+static int cpu_sync_grads(backend *b, gp_err *e)
+{
+    cpu_impl *c = impl_of(b);
+    dist_ctx *d = b->opts.dist;
+    const int W = dist_world(d);
+    if (W == 1)
+        return 0;
+    if (dist_allreduce_f32(d, c->g_dense, (size_t)b->layout->dense_numel, e) != 0)
+        return gp_wrap(e, "summing the dense gradients over %d ranks", W);
+    if (!c->g_sparse)
+        return 0;
+    const int64_t rows = b->layout->cfg.n_items, E = b->layout->cfg.emb_dim;
+    int32_t *ids = gp_xmalloc((size_t)rows * sizeof *ids);
+    int64_t u = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = c->g_sparse + r * E;
+        int64_t k = 0;
+        while (k < E && g[k] == 0.0f)
+            k++;
+        if (k < E)
+            ids[u++] = (int32_t)r;
+    }
+    int64_t *counts = gp_xcalloc((size_t)W, sizeof *counts);
+    counts[dist_rank(d)] = u;
+    int rc = dist_allreduce_i64(d, counts, (size_t)W, e);
+    int64_t umax = 0;
+    for (int r = 0; r < W && rc == 0; r++)
+        umax = GP_MAX(umax, counts[r]);
+    int mode = b->opts.dist_item_grads;
+    if (mode == DIST_ITEM_AUTO)
+        mode = (double)W * (double)umax * (double)(E + 1) < 2.0 * (double)rows * (double)E ? DIST_ITEM_ROWS
+                                                                                               : DIST_ITEM_DENSE;
+    if (rc == 0 && mode == DIST_ITEM_DENSE) {
+        rc = dist_allreduce_f32(d, c->g_sparse, (size_t)(rows * E), e);
+    } else if (rc == 0) {
+        /* one block per rank: u ids, then u rows */
+        size_t bytes = (size_t)u * sizeof(int32_t) + (size_t)u * (size_t)E * sizeof(float);
+        char *mine = gp_xmalloc(bytes ? bytes : 1);
+        memcpy(mine, ids, (size_t)u * sizeof(int32_t));
+        float *mr = (float *)(mine + (size_t)u * sizeof(int32_t));
+        for (int64_t i = 0; i < u; i++)
+            memcpy(mr + i * E, c->g_sparse + (int64_t)ids[i] * E, (size_t)E * sizeof(float));
+        void *all = NULL;
+        size_t *off = gp_xmalloc((size_t)(W + 1) * sizeof *off);
+        rc = dist_allgather(d, mine, bytes, &all, off, e);
+        if (rc == 0) {
+            memset(c->g_sparse, 0, (size_t)(rows * E) * sizeof(float));
+            for (int r = 0; r < W; r++) {
+                const int64_t n = counts[r];
+                const int32_t *rid = (const int32_t *)((char *)all + off[r]);
+                const float *rrow = (const float *)((char *)all + off[r] + (size_t)n * sizeof(int32_t));
+                for (int64_t i = 0; i < n; i++) {
+                    float *dst = c->g_sparse + (int64_t)rid[i] * E;
+                    for (int64_t k = 0; k < E; k++)
+                        dst[k] += rrow[i * E + k];
+                }
+            }
+        }
+        free(all);
+        free(off);
+        free(mine);
+    }
+    free(counts);
+    free(ids);
+    return rc == 0 ? 0 : gp_wrap(e, "summing the item-table gradients over %d ranks", W);
+}
+
 static int cpu_zero_grads(backend *b, gp_err *e)
 {
     cpu_impl *c = impl_of(b);
@@ -221,6 +291,7 @@ backend *backend_cpu_create(const model_layout *layout, const backend_opts *opts
     b->forward = cpu_forward;
     b->rank_targets = cpu_rank_targets;
     b->optimizer_step = cpu_optimizer_step;
+    b->sync_grads = cpu_sync_grads;
     b->zero_grads = cpu_zero_grads;
     b->get_optim_state = cpu_get_optim_state;
     b->set_optim_state = cpu_set_optim_state;

@@ -384,7 +384,8 @@ int cpu_model_step(cpu_workspace *w, const model_layout *l, const float *sparse,
             cpu_embedding_fwd(w->neg_e, item_emb, w->neg_row, (int64_t)B * N, E, 0);
             normalise_or_copy(w->neg_n, w->neg_norm, w->neg_e, (int64_t)B * N, E, c->l2_norm, c->l2_eps);
             double sum = 0;
-            float scale = grad_scale * c->w_item / (float)P;
+            const int64_t norm = batch_norm_or(x->norm_item, P);
+            float scale = grad_scale * c->w_item / (float)norm;
             if (backward) {
                 memset(w->d_ih_n, 0, (size_t)P * E * sizeof(float));
                 memset(w->d_lab_n, 0, (size_t)P * E * sizeof(float));
@@ -393,7 +394,7 @@ int cpu_model_step(cpu_workspace *w, const model_layout *l, const float *sparse,
             cpu_sampled_softmax(&sum, backward ? w->d_ih_n : NULL, backward ? w->d_lab_n : NULL,
                                 backward ? w->d_neg_n : NULL, w->ih_n, w->lab_n, w->neg_n, w->item_lab, x->negatives,
                                 w->item_seq, P, B, N, E, inv_temp, c->logq, scale);
-            out->item_loss = sum / P;
+            out->item_loss = sum / norm;
             out->item_count = P;
             if (backward) {
                 normalise_bwd_or_copy(w->d_ih, w->d_ih_n, w->ih_n, w->ih_norm, P, E, c->l2_norm, c->l2_eps, 0);
@@ -421,14 +422,15 @@ int cpu_model_step(cpu_workspace *w, const model_layout *l, const float *sparse,
             normalise_or_copy(w->ch_n, w->ch_norm, w->ch, P, E, c->l2_norm, c->l2_eps);
             normalise_or_copy(w->ce_n, w->ce_norm, dense + l->cate_emb, C, E, c->l2_norm, c->l2_eps);
             double sum = 0;
-            float scale = grad_scale * c->w_cate / (float)P;
+            const int64_t norm = batch_norm_or(x->norm_cate, P);
+            float scale = grad_scale * c->w_cate / (float)norm;
             if (backward) {
                 memset(w->d_ch_n, 0, (size_t)P * E * sizeof(float));
                 memset(w->d_ce_n, 0, (size_t)C * E * sizeof(float));
             }
             cpu_softmax_xent(&sum, backward ? w->d_ch_n : NULL, backward ? w->d_ce_n : NULL, w->ch_n, w->ce_n,
                              w->cate_lab, P, C, E, inv_temp, scale);
-            out->cate_loss = sum / P;
+            out->cate_loss = sum / norm;
             out->cate_count = P;
             if (backward) {
                 normalise_bwd_or_copy(w->d_ch, w->d_ch_n, w->ch_n, w->ch_norm, P, E, c->l2_norm, c->l2_eps, 0);
@@ -461,9 +463,10 @@ int cpu_model_step(cpu_workspace *w, const model_layout *l, const float *sparse,
         double sum = 0;
         int64_t counted = 0;
         int rank_grad = backward && c->w_rank > 0 && count > 0;
-        float scale = count > 0 ? grad_scale * c->w_rank / (float)count : 0.0f;
+        const int64_t norm = batch_norm_or(x->norm_rank, count);
+        float scale = count > 0 ? grad_scale * c->w_rank / (float)norm : 0.0f;
         cpu_bce_logits(&sum, &counted, w->prob, rank_grad ? w->dz : NULL, w->z, x->click, B, scale);
-        out->rank_loss = counted ? sum / counted : 0.0;
+        out->rank_loss = counted ? sum / (double)batch_norm_or(x->norm_rank, counted) : 0.0;
         out->rank_count = counted;
         if (rank_prob)
             memcpy(rank_prob, w->prob, (size_t)B * sizeof(float));

@@ -61,6 +61,8 @@ static int cuda_optimizer_step(backend *b, const optim_hparams *h, double *grad_
     return cuda_model_optimizer_step(impl_of(b), h, grad_norm, e);
 }
 
+static int cuda_sync_grads(backend *b, gp_err *e) { return cuda_model_sync_grads(impl_of(b), e); }
+
 static int cuda_get_optim_state(backend *b, float *m_sparse, float *v_sparse, float *m_dense, float *v_dense, gp_err *e)
 {
     return cuda_model_get_optim_state(impl_of(b), m_sparse, v_sparse, m_dense, v_dense, e);
@@ -97,6 +99,7 @@ backend *backend_cuda_create(const model_layout *layout, const backend_opts *opt
     b->forward = cuda_forward;
     b->rank_targets = cuda_rank_targets;
     b->optimizer_step = cuda_optimizer_step;
+    b->sync_grads = cuda_sync_grads;
     b->zero_grads = cuda_zero_grads;
     b->get_optim_state = cuda_get_optim_state;
     b->set_optim_state = cuda_set_optim_state;

@@ -6,10 +6,12 @@
 
 #include "cuda/cuda_util.h"
 #include "cuda/gemm.h"
+#include "cuda/grad_sync.h"
 #include "kernels.h"
 
 #define LOGIT_CHUNK_BYTES ((size_t)512 << 20) /* logits of one chunk of sequences, at most */
 #define GEMM_WORKSPACE ((size_t)32 << 20)
+#define SYNC_BUCKET_ELEMS ((int64_t)4 << 20) /* blocks are all-reduced in buckets of at least 16 MB */
 
 typedef struct {
     float *x; /* layer input, fp32 residual stream */
@@ -78,9 +80,13 @@ struct cuda_model {
     int use_graphs, have_graph, have_last;
     cudaGraphExec_t graph;
     struct step_sig {
-        int T, P_item, P_cate, rank_count, B, backward, want_rank;
+        int T, P_item, P_cate, rank_count, B, backward, want_rank, sync;
+        int64_t n_item, n_cate, n_rank;
         float grad_scale;
     } graph_sig, last_sig;
+    /* data parallelism: NCCL gradient sums (NULL with one process) */
+    grad_sync *gsync;
+    int sync_now; /* the step being enqueued all-reduces its gradients */
     /* metadata */
     void *meta_host, *meta_dev;
     size_t meta_bytes;
@@ -411,6 +417,12 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
     m->layer = gp_xcalloc((size_t)(m->L > 0 ? m->L : 1), sizeof *m->layer);
     plan_parameters(m);
 
+    if (dist_world(opts->dist) > 1) {
+        /* One GPU per rank: the local rank picks it among the visible ones. */
+        int n_dev = 0;
+        CU(cudaGetDeviceCount(&n_dev));
+        CU(cudaSetDevice(dist_local_rank(opts->dist) % n_dev));
+    }
     CU(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
     m->gemm = gemm_create(GEMM_WORKSPACE, e);
     if (!m->gemm)
@@ -450,6 +462,12 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
         goto fail;
     if (build_ranges(m, e) != 0)
         goto fail;
+    if (dist_world(opts->dist) > 1) {
+        m->gsync = grad_sync_create(opts->dist, m->item_g ? c->n_items : 0, m->E, opts->dist_item_grads, e);
+        if (!m->gsync)
+            goto fail;
+        m->device_bytes += grad_sync_device_bytes(m->gsync);
+    }
     const char *no_graph = getenv("GPSDREC_NO_CUDA_GRAPH");
     m->use_graphs = !(no_graph && *no_graph && strcmp(no_graph, "0") != 0);
     return m;
@@ -473,6 +491,7 @@ void cuda_model_destroy(cuda_model *m)
         cudaFreeHost(m->meta_host);
     if (m->have_graph)
         cudaGraphExecDestroy(m->graph);
+    grad_sync_destroy(m->gsync);
     gemm_destroy(m->gemm);
     if (m->stream)
         cudaStreamDestroy(m->stream);
@@ -593,6 +612,7 @@ fail:
 
 typedef struct {
     int T, P_item, P_cate, rank_count;
+    int64_t n_item, n_cate, n_rank; /* what each loss part is averaged over (global counts in a data-parallel run) */
 } batch_shape;
 
 /* Packs the batch's metadata into the pinned host block (validating every id); the step copies
@@ -676,6 +696,9 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
         }
     }
     bs->T = T;
+    bs->n_item = batch_norm_or(x->norm_item, bs->P_item);
+    bs->n_cate = batch_norm_or(x->norm_cate, bs->P_cate);
+    bs->n_rank = batch_norm_or(x->norm_rank, bs->rank_count);
     m->B_cur = x->B;
     return 0;
 }
@@ -809,7 +832,7 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
         CU(k_gather_rows(m->Ne, NULL, m->item, md->neg_row, BN, E, s));
         if (normalise(m, m->Nn, m->Nn16, m->Nnorm, m->Ne, BN, e) != 0)
             return -1;
-        const float scale = grad_scale * c->w_item / (float)bs->P_item * inv_temp;
+        const float scale = grad_scale * c->w_item / (float)bs->n_item * inv_temp;
         for (int b0 = 0; b0 < Bc; b0 += m->chunk) {
             int cb = GP_MIN(m->chunk, Bc - b0);
             gemm_args g = {.trans_a = 0, .trans_b = 1, .M = S, .N = N, .K = E, .A = m->Hn16 + (size_t)b0 * S * E,
@@ -852,7 +875,7 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
         const int C = m->C, Cp = m->Cpad;
         if (normalise(m, m->Cn, m->Cn16, m->Cnorm, m->P + m->cate, C, e) != 0)
             return -1;
-        const float scale = grad_scale * c->w_cate / (float)bs->P_cate * inv_temp;
+        const float scale = grad_scale * c->w_cate / (float)bs->n_cate * inv_temp;
         if (backward)
             CU(cudaMemsetAsync(m->d_Cn, 0, F32((size_t)Cp * E), s));
         const int rows_per_chunk = m->chunk * S;
@@ -906,7 +929,7 @@ static int rank_head(cuda_model *m, const batch_shape *bs, float grad_scale, int
     if (gemm_linear_fwd(m->gemm, m->z, GEMM_F32, m->r1_16, m->P16 + m->r_w2, Bc, 4 * D, 1, s, e) != 0)
         return -1;
     const int grad = backward && c->w_rank > 0 && bs->rank_count > 0;
-    const float scale = bs->rank_count > 0 ? grad_scale * c->w_rank / (float)bs->rank_count : 0.0f;
+    const float scale = bs->rank_count > 0 ? grad_scale * c->w_rank / (float)bs->n_rank : 0.0f;
     CU(k_bce_logits(m->prob, m->r_loss, grad ? m->dz : NULL, grad ? m->G + m->r_b2 : NULL, m->z, m->P + m->r_b2,
                     md->click, Bc, scale, s));
     CU(k_sum(m->d_sums + 2, m->r_loss, Bc, m->d_scratch, s));
@@ -954,6 +977,10 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
     const float *x_last = m->xs[m->L];
     CU(k_rmsnorm_bwd(m->d_x, m->d_x16, m->G + m->final_norm, m->d_hf, NULL, x_last, m->P + m->final_norm, m->rstd_f, T,
                      D, m->norm_partial, s));
+    /* Data parallelism: blocks are contiguous in the dense arena, last block at the end; their
+     * gradients are all-reduced in buckets of consecutive blocks as soon as the backward has
+     * passed them, while it goes on with the blocks below. */
+    int64_t bucket_lo = -1, bucket_hi = -1;
     for (int li = m->L - 1; li >= 0; li--) {
         cu_layer *a = &m->layer[li];
         const cu_layer_off *o = &m->lo[li];
@@ -983,6 +1010,16 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
             return -1;
         CU(k_rmsnorm_bwd(m->d_x, m->d_x16, m->G + o->attn_norm, m->d_n, m->d_h, a->x, m->P + o->attn_norm, a->rstd1, T,
                          D, m->norm_partial, s));
+        if (m->sync_now) {
+            if (bucket_hi < 0)
+                bucket_hi = li + 1 < m->L ? m->lo[li + 1].wqkv : m->dense_n;
+            bucket_lo = o->wqkv;
+            if (bucket_hi - bucket_lo >= SYNC_BUCKET_ELEMS || li == 0) {
+                if (grad_sync_dense(m->gsync, m->G + bucket_lo, (size_t)(bucket_hi - bucket_lo), s, e) != 0)
+                    return -1;
+                bucket_hi = bucket_lo;
+            }
+        }
     }
     const float *d_emb = m->d_x;
     if (c->projected) {
@@ -997,6 +1034,12 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         CU(k_scatter_add_rows(m->item_g, d_emb, md->tok_item, T, E, NULL, &m->scat, m->scat_scratch, s));
     CU(k_scatter_add_rows(m->G + m->cate, d_emb, md->tok_cate, T, E, NULL, &m->scat, m->scat_scratch, s));
     CU(k_scatter_add_rows(m->G + m->seg, d_emb, md->tok_seg, T, E, NULL, &m->scat, m->scat_scratch, s));
+    if (m->sync_now) {
+        /* the tensors outside the blocks (heads, norms, projectors, category and segment tables) */
+        int64_t outside = m->L > 0 ? m->lo[0].wqkv : m->dense_n;
+        if (grad_sync_dense(m->gsync, m->G, (size_t)outside, s, e) != 0 || grad_sync_join(m->gsync, s, e) != 0)
+            return -1;
+    }
     return 0;
 fail:
     return -1;
@@ -1027,6 +1070,14 @@ static int enqueue_step(cuda_model *m, const batch_shape *bs, float grad_scale, 
         return -1;
     if (backward && backward_blocks(m, T, e) != 0)
         return -1;
+    if (backward && m->gsync && m->item_g) {
+        /* every item row this micro-batch can have given a gradient: inputs, labels, negatives */
+        if (grad_sync_mark_rows(m->gsync, m->md.tok_item, T, m->stream, e) != 0 ||
+            grad_sync_mark_rows(m->gsync, m->md.lab_ids, (int64_t)m->B_cur * m->S, m->stream, e) != 0 ||
+            (m->N > 0 && c->w_item > 0 &&
+             grad_sync_mark_rows(m->gsync, m->md.neg_row, (int64_t)m->B_cur * m->N, m->stream, e) != 0))
+            return -1;
+    }
     return 0;
 fail:
     return -1;
@@ -1036,6 +1087,7 @@ fail:
 static int same_sig(const struct step_sig *a, const struct step_sig *b)
 {
     return a->T == b->T && a->P_item == b->P_item && a->P_cate == b->P_cate && a->rank_count == b->rank_count &&
+           a->n_item == b->n_item && a->n_cate == b->n_cate && a->n_rank == b->n_rank && a->sync == b->sync &&
            a->B == b->B && a->backward == b->backward && a->want_rank == b->want_rank && a->grad_scale == b->grad_scale;
 }
 
@@ -1080,7 +1132,9 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
     /* Shapes that repeat (full-length batches, the benchmarks) run as one CUDA graph: captured
      * the second time a shape is seen in a row, replayed while it stays the same. Changing
      * shapes launch kernel by kernel, since capturing each would cost more than it saves. */
-    struct step_sig sig = {bs.T, bs.P_item, bs.P_cate, bs.rank_count, m->B_cur, backward, want_rank, grad_scale};
+    m->sync_now = backward && m->gsync && x->sync;
+    struct step_sig sig = {bs.T,     bs.P_item, bs.P_cate,   bs.rank_count, m->B_cur, backward, want_rank,
+                           m->sync_now, bs.n_item, bs.n_cate, bs.n_rank,     grad_scale};
     if (m->use_graphs && m->have_graph && same_sig(&sig, &m->graph_sig)) {
         CU(cudaGraphLaunch(m->graph, m->stream));
     } else if (m->use_graphs && m->have_last && same_sig(&sig, &m->last_sig)) {
@@ -1095,15 +1149,15 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
     if (read_sums(m, sums, 4, e) != 0)
         return -1;
     if (c->w_item > 0 && bs.P_item > 0) {
-        out->item_loss = sums[0] / bs.P_item;
+        out->item_loss = sums[0] / (double)bs.n_item;
         out->item_count = bs.P_item;
     }
     if (c->w_cate > 0 && bs.P_cate > 0) {
-        out->cate_loss = sums[1] / bs.P_cate;
+        out->cate_loss = sums[1] / (double)bs.n_cate;
         out->cate_count = bs.P_cate;
     }
     if (rank_on) {
-        out->rank_loss = bs.rank_count ? sums[2] / bs.rank_count : 0.0;
+        out->rank_loss = bs.rank_count ? sums[2] / (double)bs.n_rank : 0.0;
         out->rank_count = bs.rank_count;
         if (rank_prob)
             CU(cudaMemcpy(rank_prob, m->prob, F32(m->B_cur), cudaMemcpyDeviceToHost));
@@ -1184,4 +1238,11 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
     return 0;
 fail:
     return -1;
+}
+
+int cuda_model_sync_grads(cuda_model *m, gp_err *e)
+{
+    if (!m->gsync)
+        return 0;
+    return grad_sync_items(m->gsync, m->item_g, m->stream, e);
 }

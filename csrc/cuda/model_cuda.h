@@ -32,6 +32,9 @@ int cuda_model_set_optim_state(cuda_model *m, const float *m_sparse, const float
 int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backward, int want_rank, step_losses *out,
                     float *rank_prob, gp_err *e);
 int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err *e);
+/* Data parallelism: the item-table part of backend.h's sync_grads (the dense part runs during
+ * the backward of the micro-batch marked sync). */
+int cuda_model_sync_grads(cuda_model *m, gp_err *e);
 int cuda_model_optimizer_step(cuda_model *m, const optim_hparams *h, double *grad_norm, gp_err *e);
 
 /* Bytes of device memory the model holds (parameters, state, activations, workspaces). */

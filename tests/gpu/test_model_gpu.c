@@ -356,7 +356,7 @@ TEST(gpu_training_run_follows_cpu)
         gp_settings s;
         REQUIRE(settings_resolve(&l, STAGE_PRETRAIN, &s, NULL, &e) == 0, "%s", e.msg);
         train_result res;
-        REQUIRE(train_run(&s, NULL, &res, &e) == 0, "%s", e.msg);
+        REQUIRE(train_run(&s, NULL, NULL, &res, &e) == 0, "%s", e.msg);
         char log[1200];
         snprintf(log, sizeof log, "%s/log.jsonl", s.out_dir);
         REQUIRE(read_losses(log, curves[dev], 64) == 50, "log %s", log);
