@@ -39,10 +39,14 @@ const char cli_embedded_default[] =
 static const char gpsd_defaults[] = "finetune.transfer = sparse\n"
                                     "finetune.freeze_sparse = true\n";
 
-static void apply_threads(const gp_settings *s)
+/* threads = 0 shares the node's cores among its ranks, so the ranks' OpenMP teams (batch filling,
+ * negative sampling) do not oversubscribe them. */
+static void apply_threads(const gp_settings *s, const dist_ctx *d)
 {
     if (s->threads > 0)
         omp_set_num_threads((int)s->threads);
+    else if (dist_local_world(d) > 1)
+        omp_set_num_threads(GP_MAX(1, omp_get_num_procs() / dist_local_world(d)));
 }
 
 /* A data-parallel run: either this process starts the ranks (nproc != 1 and no launcher seen:
@@ -151,7 +155,7 @@ int cmd_train(int argc, char **argv)
     }
     int failed = ensure_data_dist(&s, s.out_dir, d, &e) != 0;
     if (!failed) {
-        apply_threads(&s);
+        apply_threads(&s, d);
         print_settings(&s, origin);
         train_result res;
         failed = train_run(&s, origin, d, &res, &e) != 0;
@@ -188,7 +192,7 @@ static int run_stage(cfg_list *l, int stage, const char *out_root, const char *d
         snprintf(s.init_from, sizeof s.init_from, "%s", init_from);
     if (settings_validate(&s, e) != 0)
         return -1;
-    apply_threads(&s);
+    apply_threads(&s, d);
     print_settings(&s, origin);
     return train_run(&s, origin, d, res, e);
 }

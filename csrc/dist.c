@@ -32,7 +32,7 @@ typedef struct {
 } hello_msg;
 
 struct dist_ctx {
-    int rank, world, local_rank;
+    int rank, world, local_rank, local_world;
     double timeout_s;
     int *data_fd, *ctl_fd; /* rank 0: [world] by peer rank; others: [1], to rank 0 */
     pthread_t monitor;
@@ -483,6 +483,7 @@ dist_ctx *dist_init(const dist_env *de, double timeout_s, gp_err *e)
     d->rank = de->rank;
     d->world = de->world;
     d->local_rank = de->local_rank;
+    d->local_world = de->local_world > 0 ? de->local_world : 1;
     d->timeout_s = timeout_s > 0 ? timeout_s : 600;
     if (d->world == 1)
         return d;
@@ -526,6 +527,7 @@ dist_ctx *dist_init(const dist_env *de, double timeout_s, gp_err *e)
 int dist_rank(const dist_ctx *d) { return d ? d->rank : 0; }
 int dist_world(const dist_ctx *d) { return d ? d->world : 1; }
 int dist_local_rank(const dist_ctx *d) { return d ? d->local_rank : 0; }
+int dist_local_world(const dist_ctx *d) { return d ? d->local_world : 1; }
 
 void dist_set_abort_hook(dist_ctx *d, void (*hook)(void *), void *arg)
 {

@@ -54,6 +54,7 @@ dist_ctx *dist_init(const dist_env *env, double timeout_s, gp_err *e);
 int dist_rank(const dist_ctx *d);
 int dist_world(const dist_ctx *d);
 int dist_local_rank(const dist_ctx *d);
+int dist_local_world(const dist_ctx *d); /* ranks on this node */
 
 int dist_bcast(dist_ctx *d, void *buf, size_t bytes, gp_err *e);
 int dist_allreduce_f64(dist_ctx *d, double *v, size_t n, gp_err *e);

