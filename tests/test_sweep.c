@@ -333,6 +333,156 @@ TEST(sweep_shipped_budgets_plan)
     }
 }
 
+/* The scheduler's own checks on simulated runs (tools/sweep.py --self-test): dependency order, the
+ * longest chain first, the list-scheduling bound, GPU-seconds that add up to each GPU's busy time,
+ * shared and exclusive slots, draining for a large run, skipped runs, the deadline (with and
+ * without estimates, and scaled by how finished runs compared with their estimates), the hard stop
+ * and a failed pretraining blocking its finetunings. */
+TEST(sweep_scheduler_self_test)
+{
+    char *o;
+    int st = sh("python3 tools/sweep.py --self-test", &o);
+    CHECK(st == 0 && strstr(o, "scheduler self-test passed"), "exit %d:\n%s", st, o);
+    free(o);
+}
+
+/* One invocation's facts about a run, from its sweep_run.json. */
+typedef struct {
+    char gpu[16];
+    double t_start, t_end, gpu_s, wall_s;
+    int invocations;
+} run_facts;
+
+static int read_run(const char *out, const char *size, const char *run, run_facts *f)
+{
+    char path[1200];
+    json_doc doc;
+    memset(f, 0, sizeof *f);
+    snprintf(path, sizeof path, "%s/runs/%s/seed1/%s/sweep_run.json", out, size, run);
+    if (load_json(path, &doc) != 0)
+        return -1;
+    const json_value *inv = json_get(doc.root, "invocations");
+    if (inv && inv->type == JSON_ARRAY && inv->n > 0) {
+        const json_value *last = &inv->items[inv->n - 1];
+        snprintf(f->gpu, sizeof f->gpu, "%s", str_of(last, "gpu"));
+        f->t_start = num_of(last, "t_start");
+        f->t_end = num_of(last, "t_end");
+        f->invocations = inv->n;
+    }
+    f->gpu_s = num_of(doc.root, "gpu_s");
+    f->wall_s = num_of(doc.root, "wall_s");
+    json_free(&doc);
+    return 0;
+}
+
+static double row_auc(const char *out, const char *size, const char *strategy, char *status, size_t status_len)
+{
+    char path[1200];
+    json_doc doc;
+    snprintf(path, sizeof path, "%s/sweep.json", out);
+    if (load_json(path, &doc) != 0)
+        return NAN;
+    const json_value *r = find_row(json_get(doc.root, "rows"), size, strategy);
+    double auc = r ? num_of(r, "test_auc") : NAN;
+    if (status)
+        snprintf(status, status_len, "%s", r ? str_of(r, "status") : "(no row)");
+    json_free(&doc);
+    return auc;
+}
+
+/* Runs spread over two (fake) GPU ids on the CPU backend, two at a time on each: a deadline that
+ * has passed starts nothing and a later invocation runs it all; every run sees its own
+ * CUDA_VISIBLE_DEVICES, a finetuning starts after its pretraining, runs overlap; a hard stop
+ * leaves resumable runs that end with the results of uninterrupted ones; a pretraining whose
+ * model is gone is trained again when a finetuning still needs it. */
+TEST(sweep_parallel_gpus_deadline_resume)
+{
+    const char *sizes[2] = {"L1H8A2", "L1H16A2"}, *runs[3] = {"pretrain", "nt", "stsf"};
+    const char *common = "--sizes L1H8A2,L1H16A2 --strategies nt,stsf --budget-epochs 2 --gpus 0,1 --jobs-per-gpu 2 "
+                         "--device cpu";
+    char out[700], opts[2000], path[1200], status[64], *o;
+    snprintf(out, sizeof out, "%s/sweep_par", test_tmp_dir());
+    snprintf(opts, sizeof opts, "%s --deadline-min 0 " SWEEP_EXTRA, common);
+    int st = run_sweep(out, opts, &o);
+    CHECK(st == 3 && count_substr(o, "not started: the deadline passed") == 6 &&
+              strstr(o, "0 runs trained to the end now, 0 skipped (finished before), 6 unfinished"),
+          "a passed deadline starts nothing (exit %d):\n%s", st, o);
+    free(o);
+    row_auc(out, "L1H8A2", "NT", status, sizeof status);
+    CHECK(strcmp(status, "not started") == 0, "the table lists the run as %s", status);
+
+    snprintf(opts, sizeof opts, "%s " SWEEP_EXTRA, common);
+    st = run_sweep(out, opts, &o);
+    REQUIRE(st == 0 && strstr(o, "6 runs trained to the end now, 0 skipped"), "exit %d:\n%s", st, o);
+    free(o);
+    run_facts f[2][3];
+    double auc[2][2];
+    for (int si = 0; si < 2; si++) {
+        for (int k = 0; k < 3; k++) {
+            REQUIRE(read_run(out, sizes[si], runs[k], &f[si][k]) == 0, "%s %s: no sweep_run.json", sizes[si], runs[k]);
+            run_facts *x = &f[si][k];
+            CHECK(strcmp(x->gpu, "0") == 0 || strcmp(x->gpu, "1") == 0, "%s %s ran on GPU '%s'", sizes[si], runs[k], x->gpu);
+            CHECK(x->gpu_s > 0 && x->gpu_s <= x->wall_s + 2, "%s %s: %g GPU-seconds, %g s wall", sizes[si], runs[k],
+                  x->gpu_s, x->wall_s);
+            char want[64], *log;
+            size_t len;
+            gp_err e;
+            snprintf(path, sizeof path, "%s/runs/%s/seed1/%s/stdout.log", out, sizes[si], runs[k]);
+            snprintf(want, sizeof want, "[CUDA_VISIBLE_DEVICES=%s]", x->gpu);
+            REQUIRE(gp_read_file(path, &log, &len, &e) == 0, "%s", e.msg);
+            CHECK(strstr(log, want) != NULL, "%s has no %s", path, want);
+            free(log);
+        }
+        CHECK(f[si][2].t_start >= f[si][0].t_end, "%s: ST&SF started at %.3f, its pretraining ended at %.3f", sizes[si],
+              f[si][2].t_start, f[si][0].t_end);
+        auc[si][0] = row_auc(out, sizes[si], "NT", NULL, 0);
+        auc[si][1] = row_auc(out, sizes[si], "ST&SF", NULL, 0);
+    }
+    int overlap = 0;
+    for (int a = 0; a < 6; a++)
+        for (int b = a + 1; b < 6; b++) {
+            run_facts *x = &f[a / 3][a % 3], *y = &f[b / 3][b % 3];
+            overlap += x->t_start < y->t_end && y->t_start < x->t_end;
+        }
+    CHECK(overlap >= 2, "only %d pairs of runs overlapped in time", overlap);
+
+    /* A hard stop 30 ms in: the runs going are stopped; a rerun ends them with the same results. */
+    snprintf(out, sizeof out, "%s/sweep_par_stop", test_tmp_dir());
+    snprintf(opts, sizeof opts, "%s --hard-stop-min 0.0005 " SWEEP_EXTRA, common);
+    st = run_sweep(out, opts, &o);
+    CHECK(st == 3 && strstr(o, "still running at the hard stop") && strstr(o, "stopped at the sweep's hard stop"),
+          "exit %d:\n%s", st, o);
+    free(o);
+    row_auc(out, "L1H16A2", "NT", status, sizeof status);
+    CHECK(strcmp(status, "deadline") == 0, "a run cut at the hard stop is listed as %s", status);
+    snprintf(opts, sizeof opts, "%s " SWEEP_EXTRA, common);
+    st = run_sweep(out, opts, &o);
+    CHECK(st == 0, "exit %d:\n%s", st, o);
+    free(o);
+    for (int si = 0; si < 2; si++)
+        for (int k = 0; k < 2; k++) {
+            double a = row_auc(out, sizes[si], k ? "ST&SF" : "NT", status, sizeof status);
+            CHECK(a == auc[si][k] && strcmp(status, "done") == 0, "%s %s after the hard stop: %.9g (%s), uninterrupted %.9g",
+                  sizes[si], k ? "ST&SF" : "NT", a, status, auc[si][k]);
+        }
+
+    /* The sweep directory without a pretrained model (as sweep_device.sh carries it) and with
+     * ST&SF unfinished: the pretraining runs again, then ST&SF, to the same result. */
+    snprintf(out, sizeof out, "%s/sweep_par", test_tmp_dir());
+    snprintf(path, sizeof path, "%s/runs/L1H16A2/seed1/pretrain/model.safetensors", out);
+    CHECK(remove(path) == 0, "cannot remove %s", path);
+    snprintf(path, sizeof path, "%s/runs/L1H16A2/seed1/stsf/result.json", out);
+    CHECK(remove(path) == 0, "cannot remove %s", path);
+    snprintf(opts, sizeof opts, "%s " SWEEP_EXTRA, common);
+    st = run_sweep(out, opts, &o);
+    CHECK(st == 0 && strstr(o, "L1H16A2 seed 1 pretrain          its model.safetensors is missing") &&
+              strstr(o, "2 runs trained to the end now, 4 skipped"),
+          "exit %d:\n%s", st, o);
+    free(o);
+    double a = row_auc(out, "L1H16A2", "ST&SF", status, sizeof status);
+    CHECK(a == auc[1][1], "ST&SF after pretraining again: %.9g, before %.9g", a, auc[1][1]);
+}
+
 TEST(sweep_fit_self_test)
 {
     char *o;
