@@ -46,7 +46,7 @@ const cfg_key settings_keys[] = {
     {"shuffle", CFG_BOOL, "true", 0, 0, NULL, OFF(shuffle), "reshuffle the training records every epoch"},
     {"seed", CFG_INT, "17", 0, BIG, NULL, OFF(seed), "seed of initialisation, shuffling and negative sampling", "random_seed"},
     {"eval_every", CFG_INT, "0", 0, BIG, NULL, OFF(eval_every), "evaluate every N optimizer steps (0 = only at the end of each epoch)", "eval_steps"},
-    {"eval_batch_size", CFG_INT, "2048", 1, 1 << 24, NULL, OFF(eval_batch_size), "sequences per evaluation batch"},
+    {"eval_batch_size", CFG_INT, "2048", 1, 1 << 24, NULL, OFF(eval_batch_size), "sequences per evaluation batch (at most the training micro-batch of a rank, whose activations the backend plans)"},
     {"eval_max_samples", CFG_INT, "0", 0, BIG, NULL, OFF(eval_max_samples), "evaluate on at most this many records (0 = all)"},
     {"log_every", CFG_INT, "10", 1, BIG, NULL, OFF(log_every), "write a training log line every N optimizer steps", "log_steps"},
     {"checkpoint_every", CFG_INT, "0", 0, BIG, NULL, OFF(checkpoint_every), "write a resumable checkpoint every N optimizer steps (0 = only at the end of each epoch)"},

@@ -41,6 +41,7 @@ typedef struct {
     const ds_record *train_recs, *eval_recs;
     int64_t n_train, n_eval;
     int eval_split;
+    int micro_batch; /* this rank's training micro-batch: the largest batch the backend takes */
 } run_ctx;
 
 static void json_num(FILE *f, const char *key, double v)
@@ -59,7 +60,8 @@ static int do_eval(run_ctx *r, const ds_record *recs, int64_t n, const char *spl
         n = s->eval_max_samples;
     if (n == 0)
         return 0;
-    int bs = (int)s->eval_batch_size;
+    /* the backend's activations are planned for the training micro-batch (see train_run) */
+    int bs = (int)GP_MIN(s->eval_batch_size, r->micro_batch);
     int rc;
     if (s->stage == STAGE_FINETUNE)
         rc = evaluate_ctr(r->be, &r->ds, recs, n, bs, (int)s->max_history, out, NULL, e);
@@ -233,7 +235,10 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
     if (model_config_from_settings(&mc, s, (int64_t)r.ds.hdr->n_items, (int64_t)r.ds.hdr->n_cates, e) != 0 ||
         model_layout_build(&r.layout, &mc, e) != 0)
         goto done;
-    int max_batch = (int)GP_MAX(my_B, s->eval_batch_size);
+    /* Activations are planned for the training micro-batch only: planning for a larger evaluation
+     * batch asked 151 GiB for L12H768A12 at eval_batch_size 2048 (about 10x its training need). */
+    int max_batch = my_B;
+    r.micro_batch = my_B;
     backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads,
                        .dist = dist, .dist_item_grads = s->dist_item_grads};
     r.be = backend_create(s->device, &r.layout, &bo, e);
