@@ -120,4 +120,10 @@ bench: gpsdrec $(BUILD)/bench_step
 clean:
 	rm -rf $(BUILD) gpsdrec
 
+# Benchmarks (make bench; benchmarks/README.md): helpers shared by the benchmark binaries are
+# extra prerequisites of bench_step (its recipe links $^), and bench_kernels exists in CUDA builds.
+BENCH_OBJ := $(OBJDIR)/benchmarks/bench_ceiling.o $(OBJDIR)/benchmarks/step_flops.o
+$(BUILD)/bench_step: $(BENCH_OBJ)
+DEPS += $(BENCH_OBJ:.o=.d)
+
 -include $(DEPS)

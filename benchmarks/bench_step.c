@@ -1,13 +1,28 @@
 /* bench_step: time whole training steps (forward + backward + AdamW) of one configuration on
- * synthetic full-length batches, and report ms/step, samples/s, tokens/s and peak device memory.
+ * synthetic full-length batches, and report ms/step, samples/s, tokens/s, peak device memory and
+ * model FLOP utilisation.
  *
  * usage: bench_step [--warmup N] [--steps N] [--json FILE] [--label TEXT] [--set key=value]...
+ *                   [--items N] [--cates N] [--ceiling-tflops X | --ceiling-reps N]
  * The model and batch come from the settings keys (dim, n_layers, n_heads, max_history,
  * n_negatives, batch_size, stage, device, freeze_sparse) plus bench-only options --items and
  * --cates (vocabulary sizes). Every sequence is full length (max_history), as in the official
- * benchmark table of DESIGN.md. Timing: warm-up steps first, then each step timed on the host
- * clock after the step's synchronisation (the optimizer step reads the gradient norm back), the
- * median reported.
+ * benchmark table of DESIGN.md; ids are fresh random draws every step.
+ *
+ * Timing: warm-up steps first, then each step timed on the host clock from before
+ * forward_backward to after optimizer_step. That is the step's device time plus its host work
+ * (batch packing and upload, launches): the step ends with a device synchronisation anyway (the
+ * optimizer reads the gradient norm back, the forward reads the loss sums), so no device work
+ * is left outside the interval. The median is reported, with min and max.
+ *
+ * MFU: model FLOPs per step as benchmarks/step_flops.h counts them, divided by the median step
+ * time and by a bf16 GEMM ceiling, measured in this process before the model is built (8192^3
+ * through cuBLASLt, median of --ceiling-reps runs; bench_ceiling.h) unless --ceiling-tflops
+ * gives one (e.g. bench_kernels' figure from the same run).
+ *
+ * Peak memory: the drop in free device memory from before the backend is created to its lowest
+ * point after any step (the backend allocates its activations up front, so steps add nothing
+ * but cuBLASLt's lazily created state).
  */
 #include <math.h>
 #include <stdio.h>
@@ -15,11 +30,13 @@
 #include <string.h>
 
 #include "backend.h"
+#include "bench_ceiling.h"
 #include "batch.h"
 #include "config.h"
 #include "model.h"
 #include "rng.h"
 #include "settings.h"
+#include "step_flops.h"
 
 #ifdef GPSDREC_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -57,7 +74,8 @@ static void fill_batch(batch *x, int stage, int64_t items, int64_t cates, uint64
 
 int main(int argc, char **argv)
 {
-    int warmup = 5, steps = 20;
+    int warmup = 5, steps = 30, ceiling_reps = 10;
+    double ceiling_tflops = 0;
     int64_t items = 1000000, cates = 1000;
     const char *json = NULL, *label = "";
     cfg_list l = {0};
@@ -73,6 +91,10 @@ int main(int argc, char **argv)
             items = atoll(argv[++i]);
         else if (strcmp(argv[i], "--cates") == 0 && i + 1 < argc)
             cates = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--ceiling-tflops") == 0 && i + 1 < argc)
+            ceiling_tflops = atof(argv[++i]);
+        else if (strcmp(argv[i], "--ceiling-reps") == 0 && i + 1 < argc)
+            ceiling_reps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else if (strcmp(argv[i], "--label") == 0 && i + 1 < argc)
@@ -95,12 +117,34 @@ int main(int argc, char **argv)
     model_layout ml;
     if (model_config_from_settings(&mc, &s, items, cates, &e) != 0 || model_layout_build(&ml, &mc, &e) != 0)
         goto fail;
+    if (steps < 1 || warmup < 0) {
+        fprintf(stderr, "bench_step: --steps must be >= 1 and --warmup >= 0\n");
+        return 2;
+    }
     size_t free0 = 0, free_min = 0, total = 0;
     (void)total;
+    const char *ceiling_source = ceiling_tflops > 0 ? "given (--ceiling-tflops)" : "none (CPU backend)";
+    char gpu_name[256] = "none";
 #ifdef GPSDREC_WITH_CUDA
     if (s.device != DEVICE_CPU && backend_cuda_available()) {
-        cudaFree(0);
-        cudaMemGetInfo(&free0, &total);
+        struct cudaDeviceProp prop;
+        if (cudaFree(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+            gp_fail(&e, "cannot initialise the CUDA device");
+            goto fail;
+        }
+        snprintf(gpu_name, sizeof gpu_name, "%s", prop.name);
+        if (ceiling_tflops <= 0) {
+            /* before the model exists, so its buffers are gone when the peak baseline is taken */
+            bench_ceiling gc;
+            if (bench_gemm_ceiling(8192, ceiling_reps, &gc, &e) != 0)
+                goto fail;
+            ceiling_tflops = gc.median;
+            ceiling_source = "measured in this process: bf16 8192^3 cuBLASLt GEMM, median";
+        }
+        if (cudaMemGetInfo(&free0, &total) != cudaSuccess) {
+            gp_fail(&e, "cudaMemGetInfo failed");
+            goto fail;
+        }
         free_min = free0;
     }
 #endif
@@ -130,35 +174,56 @@ int main(int argc, char **argv)
 #ifdef GPSDREC_WITH_CUDA
         if (free0) {
             size_t f, t;
-            cudaMemGetInfo(&f, &t);
+            if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+                gp_fail(&e, "cudaMemGetInfo failed");
+                goto fail;
+            }
             if (f < free_min)
                 free_min = f;
         }
 #endif
     }
     qsort(times, (size_t)steps, sizeof *times, cmp_double);
-    double med = times[steps / 2], lo = times[0], hi = times[steps - 1];
+    double med = 0.5 * (times[(steps - 1) / 2] + times[steps / 2]), lo = times[0], hi = times[steps - 1];
     double samples = (double)s.batch_size, tokens = (double)s.batch_size * (s.max_history + 1);
     double peak_gib = free0 ? (double)(free0 - free_min) / (1 << 30) : NAN;
-    printf("%-40s %-5s L%dH%dA%d %s batch %lld seq %lld items %lld negs %lld: %.2f ms/step (min %.2f max %.2f), "
-           "%.0f samples/s, %.3g tokens/s, peak %.2f GiB, loss %.4f\n",
+    step_flops fl;
+    step_flops_count(&mc, s.batch_size, s.max_history, &fl);
+    double model_tflops = fl.total / med / 1e12;
+    double mfu = ceiling_tflops > 0 ? model_tflops / ceiling_tflops : NAN;
+    printf("%-28s %-5s L%dH%dA%d %s batch %lld seq %lld items %lld negs %lld: %.2f ms/step (min %.2f max %.2f), "
+           "%.0f samples/s, %.3g tokens/s, peak %.2f GiB, %.1f model TFLOP/s = %.1f%% MFU of %.0f, loss %.4f\n",
            label, be->name, mc.n_layers, mc.dim, mc.n_heads, settings_stage_name(s.stage), (long long)s.batch_size,
            (long long)s.max_history, (long long)items, (long long)(mc.w_item > 0 ? mc.n_negatives : 0), med * 1e3,
-           lo * 1e3, hi * 1e3, samples / med, tokens / med, peak_gib, sl.loss);
+           lo * 1e3, hi * 1e3, samples / med, tokens / med, peak_gib, model_tflops, 100 * mfu, ceiling_tflops, sl.loss);
     if (json) {
         FILE *f = fopen(json, "a");
-        if (f) {
-            fprintf(f,
-                    "{\"label\":\"%s\",\"backend\":\"%s\",\"stage\":\"%s\",\"L\":%d,\"H\":%d,\"A\":%d,\"batch\":%lld,"
-                    "\"seq\":%lld,\"items\":%lld,\"negatives\":%lld,\"freeze_sparse\":%d,\"ms_per_step\":%.4f,"
-                    "\"ms_min\":%.4f,\"ms_max\":%.4f,\"samples_per_s\":%.1f,\"tokens_per_s\":%.1f,\"peak_gib\":%.4f,"
-                    "\"steps\":%d,\"warmup\":%d}\n",
-                    label, be->name, settings_stage_name(s.stage), mc.n_layers, mc.dim, mc.n_heads,
-                    (long long)s.batch_size, (long long)s.max_history, (long long)items,
-                    (long long)(mc.w_item > 0 ? mc.n_negatives : 0), s.freeze_sparse, med * 1e3, lo * 1e3, hi * 1e3,
-                    samples / med, tokens / med, peak_gib, steps, warmup);
-            fclose(f);
+        if (!f) {
+            gp_fail(&e, "cannot open %s for appending", json);
+            goto fail;
         }
+        /* NaN is not JSON: absent figures are written as null */
+        char peak_s[32], mfu_s[32], ceil_s[32];
+        snprintf(peak_s, sizeof peak_s, isnan(peak_gib) ? "null" : "%.4f", peak_gib);
+        snprintf(mfu_s, sizeof mfu_s, isnan(mfu) ? "null" : "%.5f", mfu);
+        snprintf(ceil_s, sizeof ceil_s, ceiling_tflops > 0 ? "%.2f" : "null", ceiling_tflops);
+        fprintf(f,
+                "{\"label\":\"%s\",\"backend\":\"%s\",\"gpu\":\"%s\",\"stage\":\"%s\",\"L\":%d,\"H\":%d,\"A\":%d,"
+                "\"batch\":%lld,\"seq\":%lld,\"items\":%lld,\"cates\":%lld,\"negatives\":%lld,\"freeze_sparse\":%d,"
+                "\"causal\":%d,\"ms_per_step\":%.4f,\"ms_min\":%.4f,\"ms_max\":%.4f,\"samples_per_s\":%.1f,"
+                "\"tokens_per_s\":%.1f,\"peak_gib\":%s,\"steps\":%d,\"warmup\":%d,\"loss\":%.6f,"
+                "\"timing\":\"host clock per step (forward_backward + optimizer_step, which ends in a device sync), median\","
+                "\"model_flops_per_step\":%.6e,\"flops_blocks\":%.6e,\"flops_projectors\":%.6e,"
+                "\"flops_attention\":%.6e,\"flops_item_head\":%.6e,\"flops_cate_head\":%.6e,\"flops_rank_head\":%.6e,"
+                "\"model_tflops\":%.3f,\"ceiling_tflops\":%s,\"ceiling_source\":\"%s\",\"mfu\":%s,"
+                "\"flops_convention\":\"%s\"}\n",
+                label, be->name, gpu_name, settings_stage_name(s.stage), mc.n_layers, mc.dim, mc.n_heads,
+                (long long)s.batch_size, (long long)s.max_history, (long long)items, (long long)cates,
+                (long long)(mc.w_item > 0 ? mc.n_negatives : 0), s.freeze_sparse, mc.causal, med * 1e3, lo * 1e3,
+                hi * 1e3, samples / med, tokens / med, peak_s, steps, warmup, sl.loss, fl.total, fl.blocks,
+                fl.projectors, fl.attention, fl.item_head, fl.cate_head, fl.rank_head, model_tflops, ceil_s,
+                ceiling_source, mfu_s, STEP_FLOPS_CONVENTION);
+        fclose(f);
     }
     backend_destroy(be);
     return 0;
