@@ -191,11 +191,14 @@ int main(int argc, char **argv)
     step_flops_count(&mc, s.batch_size, s.max_history, &fl);
     double model_tflops = fl.total / med / 1e12;
     double mfu = ceiling_tflops > 0 ? model_tflops / ceiling_tflops : NAN;
+    char mfu_txt[64] = "MFU n/a (no GEMM ceiling)";
+    if (!isnan(mfu))
+        snprintf(mfu_txt, sizeof mfu_txt, "%.1f%% MFU of %.0f", 100 * mfu, ceiling_tflops);
     printf("%-28s %-5s L%dH%dA%d %s batch %lld seq %lld items %lld negs %lld: %.2f ms/step (min %.2f max %.2f), "
-           "%.0f samples/s, %.3g tokens/s, peak %.2f GiB, %.1f model TFLOP/s = %.1f%% MFU of %.0f, loss %.4f\n",
+           "%.0f samples/s, %.3g tokens/s, peak %.2f GiB, %.1f model TFLOP/s = %s, loss %.4f\n",
            label, be->name, mc.n_layers, mc.dim, mc.n_heads, settings_stage_name(s.stage), (long long)s.batch_size,
            (long long)s.max_history, (long long)items, (long long)(mc.w_item > 0 ? mc.n_negatives : 0), med * 1e3,
-           lo * 1e3, hi * 1e3, samples / med, tokens / med, peak_gib, model_tflops, 100 * mfu, ceiling_tflops, sl.loss);
+           lo * 1e3, hi * 1e3, samples / med, tokens / med, peak_gib, model_tflops, mfu_txt, sl.loss);
     if (json) {
         FILE *f = fopen(json, "a");
         if (!f) {
