@@ -23,7 +23,7 @@ if [ "${1:-}" != quick ]; then
   echo "memcheck exit $?"; tail -3 "$out/memcheck.log"
   timeout 240 compute-sanitizer --tool racecheck --error-exitcode 3 ./build/test_gpu gpu_random_pretrain_projected > "$out/racecheck.log" 2>&1
   echo "racecheck exit $?"; tail -3 "$out/racecheck.log"
-  BENCH_JSON="$out/bench.jsonl" timeout 300 sh benchmarks/run_bench.sh > "$out/bench.log" 2>&1
+  BENCH_OUT="$out/bench" BENCH_SKIP=kernels,torch timeout 300 sh benchmarks/run_bench.sh > "$out/bench.log" 2>&1
   echo "bench exit $?"; cat "$out/bench.log"
   cat "$out/memcheck.log" "$out/racecheck.log" > "$out/sanitizers.log" && rm -f "$out/memcheck.log" "$out/racecheck.log"
 fi

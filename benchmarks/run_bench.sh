@@ -1,16 +1,98 @@
 #!/bin/sh
-# Whole-step benchmarks of the configurations in ../shared/DESIGN.md ("Where to compare"), on the
-# GPU when there is one. Results are appended as JSON lines to $BENCH_JSON (default
-# benchmarks/results/latest.jsonl) and printed as a table.
-set -eu
+# make bench: the benchmarks of issue 7 on the GPU machine, everything into one results directory.
+#
+#   $BENCH_OUT (default benchmarks/results/<UTC date>_<gpu>/) receives
+#     machine.txt      date, GPU, driver, CUDA, torch, git revision, host, this command
+#     kernels.jsonl    build/bench_kernels: ceilings, then every kernel (kernels.txt: its table)
+#     steps.jsonl      build/bench_step per configuration of benchmarks/step_configs.txt (steps.txt)
+#     torch.jsonl      tools/torch_bench.py: our PyTorch model, same configurations (torch.txt;
+#                      torch_compile.log: the compile children's stderr)
+#     summary.md       benchmarks/summarize.py over the JSON files
+#   Existing JSON files there are replaced, not appended to.
+#
+# Environment: BENCH_SKIP=kernels,steps,torch (phases to leave out), BENCH_CONFIGS (default
+# benchmarks/step_configs.txt: the configurations of the steps and PyTorch phases), BENCH_STEPS (timed steps
+# per configuration, default 30), BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
+# included, default 300), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
+# torch; default the first of python3, /opt/torch/.venv/bin/python3 that imports it), GIT_REV
+# (the revision, where the tree is not a git checkout), BENCH_README=1 (also regenerate the
+# README's step table from this run).
+# Time on one H200: kernels ~1 min, steps ~1 min, PyTorch <= BENCH_TORCH_BUDGET_S + ~30 s.
+set -u
 cd "$(dirname "$0")/.."
-out=${BENCH_JSON:-benchmarks/results/latest.jsonl}
-mkdir -p "$(dirname "$out")"
-b=./build/bench_step
-run() { label=$1; shift; $b --json "$out" --label "$label" "$@"; }
-run "L4H64A4 pretrain"  --items 1000000 --set stage=pretrain --set dim=64 --set n_layers=4 --set n_heads=4 --set max_history=200 --set n_negatives=4096 --set batch_size=512
-run "L4H64A4 finetune ST&SF" --items 1000000 --set stage=finetune --set dim=64 --set n_layers=4 --set n_heads=4 --set max_history=200 --set batch_size=2048 --set freeze_sparse=true
-run "L4H256A4 pretrain" --items 100000 --set stage=pretrain --set dim=256 --set n_layers=4 --set n_heads=4 --set max_history=50 --set n_negatives=4096 --set batch_size=512
-run "L4H256A4 finetune" --items 100000 --set stage=finetune --set dim=256 --set n_layers=4 --set n_heads=4 --set max_history=50 --set batch_size=512
-run "L24H1024A16 pretrain" --items 100000 --set stage=pretrain --set dim=1024 --set n_layers=24 --set n_heads=16 --set max_history=200 --set n_negatives=4096 --set batch_size=128
-run "L24H1024A16 finetune" --items 100000 --set stage=finetune --set dim=1024 --set n_layers=24 --set n_heads=16 --set max_history=200 --set batch_size=128
+T0=$(date +%s)
+say() { echo "[$(($(date +%s) - T0)) s] $*"; }
+skip() { case ",${BENCH_SKIP:-}," in *",$1,"*) return 0 ;; esac; return 1; }
+
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+slug=$(printf '%s' "${gpu:-nogpu}" | tr 'A-Z' 'a-z' | sed 's/nvidia//g; s/[^a-z0-9][^a-z0-9]*/-/g; s/^-//; s/-$//')
+out=${BENCH_OUT:-benchmarks/results/$(date -u +%Y-%m-%d)_${slug:-gpu}}
+mkdir -p "$out" || exit 1
+steps=${BENCH_STEPS:-30}
+budget=${BENCH_TORCH_BUDGET_S:-300}
+modes=${BENCH_TORCH_MODES:-fp32,bf16,compile}
+configs=${BENCH_CONFIGS:-benchmarks/step_configs.txt}
+
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  for p in python3 /opt/torch/.venv/bin/python3; do
+    if "$p" -c "import torch" >/dev/null 2>&1; then py=$p; break; fi
+  done
+fi
+rev=${GIT_REV:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | head -1)
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1)"
+  echo "cuda: $(nvcc --version 2>/dev/null | tail -1)"
+  echo "torch: $([ -n "$py" ] && "$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo none)"
+  echo "git: $rev${dirty:+ (with uncommitted changes)}"
+  echo "host: $(uname -srm), $(nproc) cores"
+  echo "command: ${BENCH_COMMAND:-make bench} (BENCH_SKIP=${BENCH_SKIP:-} BENCH_STEPS=$steps BENCH_TORCH_BUDGET_S=$budget BENCH_TORCH_MODES=$modes BENCH_CONFIGS=$configs)"
+} > "$out/machine.txt"
+cat "$out/machine.txt"
+say "results in $out"
+
+if ! skip kernels; then
+  rm -f "$out/kernels.jsonl"
+  say "kernels: build/bench_kernels (table in $out/kernels.txt)"
+  timeout 300 ./build/bench_kernels --json "$out/kernels.jsonl" > "$out/kernels.txt" 2>&1
+  rc=$?
+  grep -E '^\[|ceiling:' "$out/kernels.txt"
+  [ $rc -eq 0 ] || { say "bench_kernels exit $rc:"; tail -5 "$out/kernels.txt"; }
+fi
+
+if ! skip steps; then
+  rm -f "$out/steps.jsonl" "$out/steps.txt"
+  say "steps: build/bench_step, $steps timed steps per configuration"
+  grep -v '^#' "$configs" | while read -r name stage layers dim heads seq batch items negs freeze; do
+    [ -n "$name" ] || continue
+    set -- --set n_negatives="$negs"
+    [ "$negs" -gt 0 ] || set --
+    timeout 300 ./build/bench_step --warmup 5 --steps "$steps" --json "$out/steps.jsonl" --label "$name $stage" \
+      --items "$items" --set stage="$stage" --set n_layers="$layers" --set dim="$dim" --set n_heads="$heads" \
+      --set max_history="$seq" --set batch_size="$batch" --set freeze_sparse="$freeze" "$@" < /dev/null >> "$out/steps.txt" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || echo "bench_step $name $stage: exit $rc" >> "$out/steps.txt"
+    say "$(tail -1 "$out/steps.txt")"
+  done
+fi
+
+if ! skip torch; then
+  rm -f "$out/torch.jsonl" "$out/torch_compile.log"
+  if [ -z "$py" ]; then
+    say "torch: no python with torch found (set PYTHON); PyTorch columns left empty"
+  else
+    say "torch: tools/torch_bench.py ($py), modes $modes, budget $budget s"
+    timeout $((budget + 90)) "$py" tools/torch_bench.py --configs "$configs" --modes "$modes" \
+      --budget-s "$budget" --json "$out/torch.jsonl" --compile-log "$out/torch_compile.log" > "$out/torch.txt" 2>&1
+    rc=$?
+    grep '^\[' "$out/torch.txt"
+    [ $rc -eq 0 ] || { say "torch_bench exit $rc:"; tail -5 "$out/torch.txt"; }
+  fi
+fi
+
+python3 benchmarks/summarize.py "$out" > "$out/summary.md" || say "summarize.py failed"
+[ "${BENCH_README:-0}" = 1 ] && python3 benchmarks/summarize.py "$out" --readme README.md
+python3 benchmarks/summarize.py "$out" --brief
+say "done: $out"

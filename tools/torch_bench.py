@@ -208,7 +208,10 @@ def base_record(a, mode, dev):
            "timing": "CUDA events per step (forward, backward, clip, fused AdamW), median",
            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
     if dev.type == "cuda":
-        rec["gpu"] = torch.cuda.get_device_name()
+        try:
+            rec["gpu"] = torch.cuda.get_device_name()
+        except Exception as ex:  # no usable GPU: the mode's own run records the failure
+            rec["gpu"] = "unavailable: " + first_line(ex)
     return rec
 
 
