@@ -104,6 +104,8 @@ int bench_copy_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
     for (size_t o = 0; o < bytes; o += block)
         CU(cudaMemcpy((char *)src + o, host, block, cudaMemcpyHostToDevice));
     CU(cudaMemset(dst, 0xFF, bytes));
+    /* the legacy-stream copies and memset done before the timed stream s starts */
+    CU(cudaDeviceSynchronize());
     copy_ctx c = {dst, src, bytes};
     double t[3];
     if (time_op(copy_op, &c, 2, reps, s, t, e) != 0)
@@ -154,6 +156,7 @@ int bench_gemm_ceiling(int n, int reps, bench_ceiling *out, gp_err *e)
     random_bf16(host, elems, 0xB);
     CU(cudaMemcpy(B, host, elems * 2, cudaMemcpyHostToDevice));
     CU(cudaMemset(C, 0xFF, elems * 2));
+    CU(cudaDeviceSynchronize());
     g = gemm_create((size_t)32 << 20, e);
     if (!g)
         goto fail;

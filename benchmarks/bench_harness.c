@@ -86,7 +86,9 @@ void *bk_alloc(size_t bytes)
 {
     void *p = NULL;
     CK(cudaMalloc(&p, bytes ? bytes : 16));
-    CK(cudaMemset(p, 0xFF, bytes ? bytes : 16));
+    /* on BK.s and waited for: BK.s does not order with the legacy stream that cudaMemcpy uses */
+    CK(cudaMemsetAsync(p, 0xFF, bytes ? bytes : 16, BK.s));
+    CK(cudaStreamSynchronize(BK.s));
     if (n_allocs == cap_allocs) {
         cap_allocs = cap_allocs ? 2 * cap_allocs : 256;
         allocs = gp_xrealloc(allocs, (size_t)cap_allocs * sizeof *allocs);
@@ -134,6 +136,7 @@ static void fill(void *dev, int64_t n, int kind, float a, float b)
         }
         CK(cudaMemcpy((char *)dev + (size_t)i0 * esz, stage, (size_t)m * esz, cudaMemcpyHostToDevice));
     }
+    CK(cudaDeviceSynchronize());
 }
 
 float *bk_rand_f32(int64_t n, float scale)
@@ -174,6 +177,7 @@ void *bk_upload(const void *host, size_t bytes)
 {
     void *p = bk_alloc(bytes);
     CK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+    CK(cudaDeviceSynchronize()); /* a copy from pageable memory may return before it lands */
     return p;
 }
 

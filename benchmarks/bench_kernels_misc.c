@@ -343,7 +343,7 @@ static void eval_exchange_cases(void)
         c.thr = bk_rand_f32(c.rows, 1.0f);
         c.target = bk_rand_ids(c.rows, 1, c.cols);
         c.count = bk_alloc((size_t)c.rows * 8);
-        CK(cudaMemset(c.count, 0, (size_t)c.rows * 8));
+        CK(cudaMemsetAsync(c.count, 0, (size_t)c.rows * 8, BK.s));
         char sh[64];
         snprintf(sh, sizeof sh, "%lldx%lld", (long long)c.rows, (long long)c.cols);
         double bytes = 4.0 * c.rows * c.cols;
@@ -358,7 +358,7 @@ static void eval_exchange_cases(void)
         eval_ctx c = {.n = 512 * 4096, .V = 1000000, .E = 64};
         c.ids = bk_rand_ids(c.n, 0, c.V);
         c.mask = bk_alloc((size_t)c.V);
-        CK(cudaMemset(c.mask, 0, (size_t)c.V));
+        CK(cudaMemsetAsync(c.mask, 0, (size_t)c.V, BK.s));
         CK(k_mask_to_ids_scratch(c.V, &c.scratch_bytes));
         c.scratch = bk_alloc(c.scratch_bytes);
         c.sorted_ids = bk_alloc((size_t)c.V * 4);
