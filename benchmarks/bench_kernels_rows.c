@@ -166,7 +166,7 @@ static void block_pointwise_cases(const bk_size *z, char *shape)
         bk_free_all();
     }
     char sh[96];
-    snprintf(sh, sizeof sh, "%lldx%d", (long long)c.R, c.F);
+    snprintf(sh, sizeof sh, "%s %lldx%d", z->name, (long long)c.R, c.F);
     if (bk_want("swiglu_fwd")) {
         double bytes = RF * 6;
         c.n = bk_sets(bytes);
