@@ -13,7 +13,7 @@
 # Environment: BENCH_SKIP=kernels,steps,torch (phases to leave out), BENCH_CONFIGS (default
 # benchmarks/step_configs.txt: the configurations of the steps and PyTorch phases), BENCH_STEPS (timed steps
 # per configuration, default 30), BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
-# included, default 300), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
+# included, default 270), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
 # torch; default the first of python3, /opt/torch/.venv/bin/python3 that imports it), GIT_REV
 # (the revision, where the tree is not a git checkout), BENCH_README=1 (also regenerate the
 # README's step table from this run).
@@ -29,7 +29,7 @@ slug=$(printf '%s' "${gpu:-nogpu}" | tr 'A-Z' 'a-z' | sed 's/nvidia//g; s/[^a-z0
 out=${BENCH_OUT:-benchmarks/results/$(date -u +%Y-%m-%d)_${slug:-gpu}}
 mkdir -p "$out" || exit 1
 steps=${BENCH_STEPS:-30}
-budget=${BENCH_TORCH_BUDGET_S:-300}
+budget=${BENCH_TORCH_BUDGET_S:-270}
 modes=${BENCH_TORCH_MODES:-fp32,bf16,compile}
 configs=${BENCH_CONFIGS:-benchmarks/step_configs.txt}
 

@@ -280,7 +280,7 @@ def compile_all(configs, dev, opts):
     import tempfile
 
     root = tempfile.mkdtemp(prefix="torch_bench_")
-    serial_s = 12.0 * len(configs)  # kept back for the timed steps after the compilations
+    serial_s = 6.0 * len(configs)  # kept back for the timed steps after the compilations
     deadline = T0 + opts.budget_s - serial_s
     pending = list(enumerate(configs))
     running = {}  # index -> (process, started, sync dir)
