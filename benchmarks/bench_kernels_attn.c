@@ -13,13 +13,17 @@
  *   for alignment). It leaves out the softmax, the masking and the transposes, so the real
  *   unfused path is slower than this.
  * - the generic CUDA-core kernel of kernels/attention_generic.cu (any head_dim) at head_dim 16
- *   and 64. */
+ *   and 64.
+ * - cuDNN's fused flash attention (csrc/cuda/attention_cudnn.c, the deterministic backward) on
+ *   the same packed buffers: the alternative the backend's attention_kernel = auto times against
+ *   the own kernels when it starts. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "bench_cases.h"
 #include "bench_harness.h"
+#include "cuda/attention_cudnn.h"
 #include "util.h"
 
 #define MAXSET 16
@@ -33,7 +37,26 @@ typedef struct {
     float *lse[MAXSET];
     /* the unfused path's operands */
     gp_bf16 *Q, *K, *V, *S, *dP, *O, *dO, *dQ, *dK, *dV;
+    cudnn_attn *cd;
+    int32_t *rag_qkv, *rag_out;
 } attn_ctx;
+
+static void l_cfwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    gp_err e = {{0}};
+    if (cudnn_attn_fwd(c->cd, c->out[i], c->lse[i], c->qkv[i], c->len, c->rag_qkv, c->rag_out, c->nseq, &e) != 0)
+        bk_die("cudnn_attn_fwd", __FILE__, __LINE__, e.msg);
+}
+
+static void l_cbwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    gp_err e = {{0}};
+    if (cudnn_attn_bwd(c->cd, c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->len, c->rag_qkv, c->rag_out,
+                       c->nseq, &e) != 0)
+        bk_die("cudnn_attn_bwd", __FILE__, __LINE__, e.msg);
+}
 
 static void l_fwd(void *p, int i)
 {
@@ -141,6 +164,41 @@ static void attn_case(int nseq, int H, int hd, int causal, const char *size, int
     bk_meas mb = {"attention_bwd", sh, "ours", "k_attention_bwd (dK/dV + dQ)", bwd_bytes, 0, bwd_flops, bwd_bytes,
                   "useful FLOPs: 2.5x the forward's"};
     bk_report(&mb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
+
+    /* cuDNN's fused attention on the same buffers */
+    {
+        bk_meas cf = {"attention_fwd", sh, "cuDNN fused attention", "cudnn_attn_fwd", fwd_bytes, 0, fwd_flops, fwd_bytes,
+                      NULL};
+        bk_meas cb = {"attention_bwd", sh, "cuDNN fused attention", "cudnn_attn_bwd (deterministic)", bwd_bytes, 0,
+                      bwd_flops, bwd_bytes, NULL};
+        cudnn_attn_shape cs = {.n_heads = H, .head_dim = hd, .max_len = BK_POSITIONS, .max_seq = nseq, .causal = causal};
+        char why[200];
+        gp_err ce = {{0}};
+        if (!cudnn_attn_supported(&cs, why, sizeof why)) {
+            bk_report_skipped(&cf, why);
+            bk_report_skipped(&cb, why);
+        } else if (!(c.cd = cudnn_attn_create(&cs, BK.s, &ce))) {
+            bk_report_skipped(&cf, ce.msg);
+            bk_report_skipped(&cb, ce.msg);
+        } else {
+            int32_t *rq = gp_xmalloc((size_t)(nseq + 1) * 8), *ro = rq + nseq + 1;
+            for (int b = 0; b <= nseq; b++) {
+                rq[b] = (int32_t)((int64_t)b * BK_POSITIONS * 3 * D);
+                ro[b] = (int32_t)((int64_t)b * BK_POSITIONS * D);
+            }
+            c.rag_qkv = bk_upload(rq, (size_t)(nseq + 1) * 4);
+            c.rag_out = bk_upload(ro, (size_t)(nseq + 1) * 4);
+            free(rq);
+            t = bk_time(l_cfwd, &c, c.n);
+            bk_report(&cf, &t, bk_finite_bf16(c.out[0], R * D));
+            for (int i = 0; i < c.n; i++) /* each set's statistics for the backward */
+                l_cfwd(&c, i);
+            t = bk_time(l_cbwd, &c, c.n);
+            bk_report(&cb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
+            cudnn_attn_destroy(c.cd);
+            c.cd = NULL;
+        }
+    }
 
     /* the GEMM-only lower bound of the unfused path */
     const int64_t BH = (int64_t)nseq * H, ops = BH * L * hd;

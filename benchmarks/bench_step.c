@@ -148,7 +148,8 @@ int main(int argc, char **argv)
         free_min = free0;
     }
 #endif
-    backend_opts bo = {.max_batch = (int)s.batch_size, .freeze_sparse = s.freeze_sparse, .threads = (int)s.threads};
+    backend_opts bo = {.max_batch = (int)s.batch_size, .freeze_sparse = s.freeze_sparse, .threads = (int)s.threads,
+                       .attention_kernel = s.attention_kernel};
     backend *be = backend_create(s.device, &ml, &bo, &e);
     if (!be)
         goto fail;

@@ -66,7 +66,8 @@ static int load_model(loaded_model *m, const char *ckpt, const cfg_list *l, gp_e
     if (rc == 0)
         rc = model_layout_build(&m->layout, &mc, e);
     if (rc == 0) {
-        backend_opts bo = {.max_batch = (int)m->s.eval_batch_size, .freeze_sparse = 1, .threads = (int)m->s.threads};
+        backend_opts bo = {.max_batch = (int)m->s.eval_batch_size, .freeze_sparse = 1, .threads = (int)m->s.threads,
+                           .attention_kernel = m->s.attention_kernel};
         m->be = backend_create(m->s.device, &m->layout, &bo, e);
         rc = m->be ? 0 : -1;
     }

@@ -55,6 +55,7 @@ const cfg_key settings_keys[] = {
     {"stop_after_steps", CFG_INT, "0", 0, BIG, NULL, OFF(stop_after_steps), "stop (with a checkpoint) after this many steps of this invocation; rerun to continue (0 = off)"},
     {"out_dir", CFG_STRING, "runs/default", 0, 0, NULL, OFF(out_dir), "directory for settings, logs and checkpoints", "ckpt_root_dir,output_dir"},
     {"device", CFG_ENUM, "auto", 0, 0, "auto|cpu|cuda", OFF(device), "backend: auto = cuda when a GPU is present, else cpu"},
+    {"attention_kernel", CFG_ENUM, "auto", 0, 0, "auto|own|cudnn", OFF(attention_kernel), "CUDA attention implementation: own = gpsdrec's tensor-core kernels, cudnn = cuDNN's fused flash attention, auto = whichever is faster on this model's shape, timed when the backend starts (cuDNN only where it is deterministic and agrees with the own kernels)"},
     {"threads", CFG_INT, "0", 0, 4096, NULL, OFF(threads), "CPU threads (0 = all cores)"},
     /* data parallelism */
     {"nproc", CFG_INT, "1", 0, 4096, NULL, OFF(nproc), "processes (one per GPU) this command starts on this node for a data-parallel run; 0 = one per visible GPU; ignored under torchrun, mpirun or srun", "nproc_per_node"},

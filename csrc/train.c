@@ -240,7 +240,8 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
     int max_batch = my_B;
     r.micro_batch = my_B;
     backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads,
-                       .dist = dist, .dist_item_grads = s->dist_item_grads};
+                       .dist = dist, .dist_item_grads = s->dist_item_grads,
+                       .attention_kernel = s->attention_kernel};
     r.be = backend_create(s->device, &r.layout, &bo, e);
     if (!r.be)
         goto done;

@@ -41,6 +41,7 @@ typedef struct {
     int threads;       /* CPU threads, 0 = all */
     dist_ctx *dist;    /* the process group of a data-parallel run; NULL = one process */
     int dist_item_grads; /* DIST_ITEM_AUTO / ROWS / DENSE (settings.h) */
+    int attention_kernel; /* ATTN_KERNEL_AUTO / OWN / CUDNN (settings.h); CUDA backend only */
 } backend_opts;
 
 typedef struct {

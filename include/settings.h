@@ -21,6 +21,7 @@ enum { TRANSFER_NONE = 0, TRANSFER_FULL = 1, TRANSFER_SPARSE = 2 };
 enum { EVAL_SPLIT_TEST = 0, EVAL_SPLIT_VALID = 1 };
 enum { RESUME_AUTO = 0, RESUME_NEVER = 1 };
 enum { DIST_ITEM_AUTO = 0, DIST_ITEM_ROWS = 1, DIST_ITEM_DENSE = 2 };
+enum { ATTN_KERNEL_AUTO = 0, ATTN_KERNEL_OWN = 1, ATTN_KERNEL_CUDNN = 2 };
 
 typedef struct {
     /* data */
@@ -48,6 +49,7 @@ typedef struct {
     int resume;
     char out_dir[CFG_STR_MAX];
     int device;
+    int attention_kernel;
     int64_t threads;
     /* data parallelism */
     int64_t nproc;

@@ -1,9 +1,12 @@
 #include "cuda/model_cuda.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda/attention_cudnn.h"
+#include "cuda/attention_pick.h"
 #include "cuda/cuda_util.h"
 #include "cuda/gemm.h"
 #include "cuda/grad_sync.h"
@@ -28,6 +31,7 @@ typedef struct {
     int32_t *tok_item, *tok_cate, *tok_seg, *tok_pos, *seq_off, *seq_len;
     int32_t *src_rows, *dst_rows, *item_lab, *cate_lab, *lab_ids, *neg_raw, *neg_row, *rank_rows, *click;
     int32_t *query_rows, *target_item;
+    int32_t *ragged_qkv, *ragged_out; /* cuDNN attention: seq_off * 3D and seq_off * D, B + 1 entries */
 } cu_meta;
 
 struct cuda_model {
@@ -36,6 +40,9 @@ struct cuda_model {
     backend_opts opts;
     int B, S, T, N, D, E, F, H, C, Cpad, L, chunk;
     int B_cur; /* sequences in the current micro-batch */
+    /* attention: cuDNN when attn is non-NULL and attn_cudnn_now (this micro-batch has a plan) */
+    cudnn_attn *attn;
+    int attn_cudnn_now;
     cudaStream_t stream;
     gemm_ctx *gemm;
     size_t device_bytes;
@@ -80,7 +87,7 @@ struct cuda_model {
     int use_graphs, have_graph, have_last;
     cudaGraphExec_t graph;
     struct step_sig {
-        int T, P_item, P_cate, rank_count, B, backward, want_rank, sync;
+        int T, P_item, P_cate, rank_count, B, backward, want_rank, sync, attn_cudnn;
         int64_t n_item, n_cate, n_rank;
         float grad_scale;
     } graph_sig, last_sig;
@@ -296,6 +303,8 @@ static size_t plan_meta(cuda_model *m, char *base, cu_meta *mt)
     mt->click = carve(base, &c, I32(B));
     mt->query_rows = carve(base, &c, I32(B));
     mt->target_item = carve(base, &c, I32(B));
+    mt->ragged_qkv = carve(base, &c, I32(B + 1));
+    mt->ragged_out = carve(base, &c, I32(B + 1));
     return c;
 }
 
@@ -373,6 +382,84 @@ static int dev_alloc(cuda_model *m, void **p, size_t bytes, const char *what, gp
     if (err != cudaSuccess)
         return gp_fail(e, "cudaMemset of %s: %s", what, cudaGetErrorString(err));
     return 0;
+}
+
+/* The attention implementation (backend_opts.attention_kernel): the own kernels, cuDNN's fused
+ * attention, or (auto) whichever runs this model's shape faster, timed now on full-length random
+ * sequences in the activation buffers. cuDNN is only taken when its backward is bit-reproducible
+ * and its results agree with the own kernels'; every rank of a data-parallel run takes the same. */
+#define ATTN_AGREE_OUT 2e-2  /* bf16 rounding of two different summation orders, measured well below */
+#define ATTN_AGREE_GRAD 5e-2
+static int choose_attention(cuda_model *m, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const int mode = m->opts.attention_kernel, verbose = dist_rank(m->opts.dist) == 0;
+    if (mode == ATTN_KERNEL_OWN || m->L == 0)
+        return 0;
+    cudnn_attn_shape sh = {.n_heads = m->H, .head_dim = c->head_dim, .max_len = m->S + 1, .max_seq = m->B,
+                           .causal = c->causal};
+    char why[200];
+    if (!cudnn_attn_supported(&sh, why, sizeof why))
+        return mode == ATTN_KERNEL_CUDNN ? gp_fail(e, "attention_kernel = cudnn: %s", why) : 0;
+    gp_err ce = {{0}};
+    cudnn_attn *ca = cudnn_attn_create(&sh, m->stream, &ce);
+    if (!ca) {
+        if (mode == ATTN_KERNEL_CUDNN)
+            return gp_fail(e, "attention_kernel = cudnn: %s", ce.msg);
+        if (verbose)
+            fprintf(stderr, "gpsdrec: attention: the own kernels (cuDNN %s: %s)\n", cudnn_attn_version(), ce.msg);
+        return 0;
+    }
+    if (mode == ATTN_KERNEL_CUDNN) {
+        m->attn = ca;
+        m->device_bytes += cudnn_attn_device_bytes(ca);
+        return 0;
+    }
+    /* full-length sequences for the probe */
+    cu_meta *h = &m->mh;
+    const int L1 = m->S + 1;
+    for (int b = 0; b <= m->B; b++) {
+        if (b < m->B) {
+            h->seq_off[b] = b * L1;
+            h->seq_len[b] = L1;
+        }
+        h->ragged_qkv[b] = (int32_t)((int64_t)b * L1 * 3 * m->D);
+        h->ragged_out[b] = (int32_t)((int64_t)b * L1 * m->D);
+    }
+    CU(cudaMemcpy(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice));
+    attn_probe p = {.qkv = m->layer[0].qkv, .out = m->layer[0].att, .d_out = m->d_att16, .d_qkv = m->d_qkv16,
+                    .lse = m->layer[0].lse, .seq_off = m->md.seq_off, .seq_len = m->md.seq_len,
+                    .ragged_qkv = m->md.ragged_qkv, .ragged_out = m->md.ragged_out, .n_seq = m->B, .max_len = L1,
+                    .n_heads = m->H, .head_dim = c->head_dim, .causal = c->causal};
+    attn_probe_result r;
+    if (attention_probe(ca, &p, 9, m->stream, &r, e) != 0) {
+        cudnn_attn_destroy(ca);
+        return -1;
+    }
+    int agree = r.max_rel_diff_out <= ATTN_AGREE_OUT && r.max_rel_diff_grad <= ATTN_AGREE_GRAD;
+    int64_t vote = r.cudnn_deterministic && agree && r.ms_cudnn < r.ms_own;
+    if (dist_world(m->opts.dist) > 1 && dist_allreduce_i64(m->opts.dist, &vote, 1, e) != 0) {
+        cudnn_attn_destroy(ca);
+        return -1;
+    }
+    int use = vote == dist_world(m->opts.dist);
+    if (verbose)
+        fprintf(stderr,
+                "gpsdrec: attention (%d sequences x %d positions, %d heads of %d%s), forward + backward per layer: "
+                "own kernels %.3f ms, cuDNN %s %.3f ms (%sdeterministic, differs by %.1e / %.1e): using %s\n",
+                m->B, L1, m->H, c->head_dim, c->causal ? ", causal" : "", r.ms_own, cudnn_attn_version(), r.ms_cudnn,
+                r.cudnn_deterministic ? "" : "not ", r.max_rel_diff_out, r.max_rel_diff_grad,
+                use ? "cuDNN" : "the own kernels");
+    if (use) {
+        m->attn = ca;
+        m->device_bytes += cudnn_attn_device_bytes(ca);
+    } else {
+        cudnn_attn_destroy(ca);
+    }
+    return 0;
+fail:
+    cudnn_attn_destroy(ca);
+    return -1;
 }
 
 cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, gp_err *e)
@@ -468,6 +555,8 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
             goto fail;
         m->device_bytes += grad_sync_device_bytes(m->gsync);
     }
+    if (choose_attention(m, e) != 0)
+        goto fail;
     const char *no_graph = getenv("GPSDREC_NO_CUDA_GRAPH");
     m->use_graphs = !(no_graph && *no_graph && strcmp(no_graph, "0") != 0);
     return m;
@@ -492,6 +581,7 @@ void cuda_model_destroy(cuda_model *m)
     if (m->have_graph)
         cudaGraphExecDestroy(m->graph);
     grad_sync_destroy(m->gsync);
+    cudnn_attn_destroy(m->attn);
     gemm_destroy(m->gemm);
     if (m->stream)
         cudaStreamDestroy(m->stream);
@@ -678,6 +768,11 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
         bs->rank_count += x->click[b] == 0 || x->click[b] == 1;
         T += n + 1;
     }
+    for (int b = 0; b <= x->B; b++) {
+        int64_t off = b < x->B ? h->seq_off[b] : T;
+        h->ragged_qkv[b] = (int32_t)(off * 3 * m->D);
+        h->ragged_out[b] = (int32_t)(off * m->D);
+    }
     /* Slots of sequences beyond x->B (a short last batch) carry no labels. */
     for (size_t r = (size_t)x->B * S; r < (size_t)m->B * S; r++) {
         h->src_rows[r] = 0;
@@ -733,7 +828,11 @@ static int forward_trunk(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_fwd(m->gemm, a->qkv, GEMM_BF16, a->n1, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
             return -1;
         CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
-        if (tensor_core_head(hd))
+        if (m->attn_cudnn_now) {
+            if (cudnn_attn_fwd(m->attn, a->att, a->lse, a->qkv, md->seq_len, md->ragged_qkv, md->ragged_out, m->B_cur,
+                               e) != 0)
+                return -1;
+        } else if (tensor_core_head(hd))
             CU(k_attention_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal,
                                s));
         else
@@ -998,7 +1097,11 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_wgrad(m->gemm, m->G + o->wo, m->d_h16, a->att, T, D, D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_att16, GEMM_BF16, 0.0f, m->d_h16, m->P16 + o->wo, T, D, D, s, e) != 0)
             return -1;
-        if (tensor_core_head(hd))
+        if (m->attn_cudnn_now) {
+            if (cudnn_attn_bwd(m->attn, m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_len, md->ragged_qkv,
+                               md->ragged_out, m->B_cur, e) != 0)
+                return -1;
+        } else if (tensor_core_head(hd))
             CU(k_attention_bwd(m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_off, md->seq_len, m->B_cur,
                                m->S + 1, H, hd, c->causal, s));
         else
@@ -1045,6 +1148,21 @@ fail:
     return -1;
 }
 
+/* Which attention this micro-batch runs: cuDNN's plans are built here, outside any capture; a
+ * batch size cuDNN cannot take runs the own kernels. */
+static int attention_for_batch(cuda_model *m, gp_err *e)
+{
+    m->attn_cudnn_now = 0;
+    if (!m->attn)
+        return 0;
+    gp_err pe = {{0}};
+    int ready = cudnn_attn_prepare(m->attn, m->B_cur, &pe);
+    if (ready < 0)
+        return gp_fail(e, "%s", pe.msg);
+    m->attn_cudnn_now = ready;
+    return 0;
+}
+
 /* Everything one micro-batch puts on the stream: the metadata copy, the forward, the heads and
  * (optionally) the backward. Host-side only in what it enqueues, so it can be captured. */
 static int enqueue_step(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, int want_rank, gp_err *e)
@@ -1088,7 +1206,7 @@ static int same_sig(const struct step_sig *a, const struct step_sig *b)
 {
     return a->T == b->T && a->P_item == b->P_item && a->P_cate == b->P_cate && a->rank_count == b->rank_count &&
            a->n_item == b->n_item && a->n_cate == b->n_cate && a->n_rank == b->n_rank && a->sync == b->sync &&
-           a->B == b->B && a->backward == b->backward && a->want_rank == b->want_rank && a->grad_scale == b->grad_scale;
+           a->B == b->B && a->attn_cudnn == b->attn_cudnn && a->backward == b->backward && a->want_rank == b->want_rank && a->grad_scale == b->grad_scale;
 }
 
 /* Captures the step into a graph and launches it. */
@@ -1133,8 +1251,10 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
      * the second time a shape is seen in a row, replayed while it stays the same. Changing
      * shapes launch kernel by kernel, since capturing each would cost more than it saves. */
     m->sync_now = backward && m->gsync && x->sync;
+    if (attention_for_batch(m, e) != 0)
+        return -1;
     struct step_sig sig = {bs.T,     bs.P_item, bs.P_cate,   bs.rank_count, m->B_cur, backward, want_rank,
-                           m->sync_now, bs.n_item, bs.n_cate, bs.n_rank,     grad_scale};
+                           m->sync_now, m->attn_cudnn_now, bs.n_item, bs.n_cate, bs.n_rank, grad_scale};
     if (m->use_graphs && m->have_graph && same_sig(&sig, &m->graph_sig)) {
         CU(cudaGraphLaunch(m->graph, m->stream));
     } else if (m->use_graphs && m->have_last && same_sig(&sig, &m->last_sig)) {
@@ -1193,7 +1313,7 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
     const int64_t V = c->n_items;
     const int E = m->E;
     batch_shape bs;
-    if (upload_batch(m, x, 0, &bs, e) != 0 || forward_trunk(m, bs.T, e) != 0)
+    if (upload_batch(m, x, 0, &bs, e) != 0 || attention_for_batch(m, e) != 0 || forward_trunk(m, bs.T, e) != 0)
         return -1;
     const int Bc = m->B_cur;
     if (!m->rank_table) {

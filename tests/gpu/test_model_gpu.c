@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cuda/attention_cudnn.h"
 #include "dataset.h"
 #include "gpu/gpu_check.h"
 #include "model.h"
@@ -159,7 +160,7 @@ static int make_layout(model_layout *l, const rand_case *rc, gp_err *e)
     return model_layout_build(l, &c, e);
 }
 
-static void run_random_case(const rand_case *rc, uint64_t seed)
+static void run_random_case_with(const rand_case *rc, uint64_t seed, int attention_kernel)
 {
     REQUIRE(gpu_present(), "no GPU");
     gp_err e = {{0}};
@@ -178,7 +179,7 @@ static void run_random_case(const rand_case *rc, uint64_t seed)
     batch x;
     gp_rng r = gp_rng_stream(seed, RNG_PURPOSE_TEST, 77, 0);
     random_batch(&x, rc, &r);
-    backend_opts opts = {.max_batch = rc->B};
+    backend_opts opts = {.max_batch = rc->B, .attention_kernel = attention_kernel};
     backend *cpu = backend_cpu_create(&l, &opts, &e), *gpu = backend_cuda_create(&l, &opts, &e);
     REQUIRE(cpu && gpu, "%s", e.msg);
     REQUIRE(cpu->set_params(cpu, sparse, dense, &e) == 0 && gpu->set_params(gpu, sparse, dense, &e) == 0, "%s", e.msg);
@@ -239,6 +240,21 @@ static void run_random_case(const rand_case *rc, uint64_t seed)
     backend_destroy(cpu);
     backend_destroy(gpu);
     model_layout_free(&l);
+}
+
+/* Each random case runs with the own attention kernels and, where cuDNN takes the shape, with
+ * cuDNN's fused attention. */
+static void run_random_case(const rand_case *rc, uint64_t seed)
+{
+    run_random_case_with(rc, seed, ATTN_KERNEL_OWN);
+    int hd = rc->dim / rc->heads;
+    char why[200];
+    cudnn_attn_shape sh = {.n_heads = rc->heads, .head_dim = hd, .max_len = rc->S + 1, .max_seq = rc->B,
+                           .causal = rc->causal};
+    if (cudnn_attn_supported(&sh, why, sizeof why))
+        run_random_case_with(rc, seed, ATTN_KERNEL_CUDNN);
+    else
+        printf("    (cuDNN attention skipped: %s)\n", why);
 }
 
 TEST(gpu_random_pretrain_h64)
@@ -373,7 +389,7 @@ TEST(gpu_training_run_follows_cpu)
 /* The same full-length batch three times: launched kernel by kernel, then captured into a CUDA
  * graph, then replayed. All three must give the same loss, and the accumulated gradients three
  * times the first. */
-TEST(gpu_graph_capture_and_replay_match_direct)
+static void graph_case(int attention_kernel)
 {
     REQUIRE(gpu_present(), "no GPU");
     rand_case rc = {.dim = 64, .layers = 2, .heads = 4, .emb = 0, .S = 20, .B = 16, .N = 64, .causal = 1,
@@ -395,7 +411,7 @@ TEST(gpu_graph_capture_and_replay_match_direct)
             x.item_label[b * rc.S + k] = k + 1 < rc.S ? x.hist_item[b * rc.S + k + 1] : x.target_item[b];
             x.cate_label[b * rc.S + k] = k + 1 < rc.S ? x.hist_cate[b * rc.S + k + 1] : x.target_cate[b];
         }
-    backend_opts opts = {.max_batch = rc.B};
+    backend_opts opts = {.max_batch = rc.B, .attention_kernel = attention_kernel};
     backend *g = backend_cuda_create(&l, &opts, &e);
     REQUIRE(g && g->set_params(g, sparse, dense, &e) == 0, "%s", e.msg);
     step_losses s1, s2, s3;
@@ -409,6 +425,12 @@ TEST(gpu_graph_capture_and_replay_match_direct)
     for (int64_t i = 0; i < l.dense_numel; i++)
         g1[i] *= 3.0f;
     CHECK_REL(g3, g1, l.dense_numel, 1e-6, "three accumulated steps");
+    /* a short batch after the captured shape: another attention plan, launched directly */
+    x.B = 5;
+    step_losses s4;
+    REQUIRE(g->forward_backward(g, &x, 1.0f, &s4, NULL, &e) == 0, "%s", e.msg);
+    CHECK(isfinite(s4.loss) && s4.loss > 0, "short batch loss %g", s4.loss);
+    x.B = rc.B;
     free(g1);
     free(g3);
     free(sparse);
@@ -417,3 +439,6 @@ TEST(gpu_graph_capture_and_replay_match_direct)
     backend_destroy(g);
     model_layout_free(&l);
 }
+
+TEST(gpu_graph_capture_and_replay_match_direct) { graph_case(ATTN_KERNEL_OWN); }
+TEST(gpu_graph_capture_and_replay_match_direct_cudnn) { graph_case(ATTN_KERNEL_CUDNN); }
