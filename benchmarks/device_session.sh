@@ -1,0 +1,44 @@
+#!/bin/bash
+# One device call on one GPU: build for sm_90, the GPU tests (make test-gpu), then make bench
+# (kernels, whole steps with the attention each configuration's probe picks, our PyTorch model).
+# Everything is packed into $OUT/session.tgz (the device tool returns at most 8 files) with the
+# short summary $OUT/summary.txt beside it.
+#
+# usage: OUT=DIR bash benchmarks/device_session.sh
+# environment: BENCH_TORCH_BUDGET_S (default 170), SESSION_SKIP_TESTS=1, BENCH_SKIP (run_bench.sh)
+set -u
+out_root=${OUT:-device_out}
+out=$out_root/session
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+# ../shared does not travel to the device: a copy carried as .shared stands in for it
+[ -d .shared ] && export GPSDREC_SHARED=.shared
+T0=$(date +%s)
+say() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$out/session.log"; }
+pack() { tar czf "$out_root/session.tgz" -C "$out" . 2>/dev/null; }
+{
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  nvcc --version | tail -1
+  git rev-parse --short HEAD 2>/dev/null
+  ls /usr/lib/x86_64-linux-gnu/libcudnn.so* 2>/dev/null | head -3
+} > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+make -j"$(nproc)" gpsdrec build/test_gpu build/bench_step build/bench_kernels > "$out/build.log" 2>&1 \
+  || { tail -40 "$out/build.log"; say "build failed"; pack; exit 1; }
+cat build/cuda.mk >> "$out/machine.txt"
+say "built"
+if [ "${SESSION_SKIP_TESTS:-0}" != 1 ]; then
+  timeout ${SESSION_TEST_S:-180} ./build/test_gpu > "$out/test_gpu.log" 2>&1
+  say "test_gpu exit $?"
+  grep -E "FAIL|probe:|skipped|passed" "$out/test_gpu.log" | tail -40 | tee -a "$out/session.log"
+  pack
+fi
+BENCH_OUT="$out/bench" BENCH_TORCH_BUDGET_S=${BENCH_TORCH_BUDGET_S:-150} BENCH_COMMAND="OUT=... bash benchmarks/device_session.sh" \
+  timeout ${SESSION_BENCH_S:-320} sh benchmarks/run_bench.sh > "$out/bench.log" 2>&1
+say "bench exit $?"
+grep -h "gpsdrec: attention" "$out/bench/steps.txt" 2>/dev/null | tee -a "$out/session.log"
+tail -45 "$out/bench.log"
+{ cat "$out/session.log"; echo; cat "$out/bench/summary.md" 2>/dev/null; } > "$out_root/summary.txt"
+pack
+say "packed"
