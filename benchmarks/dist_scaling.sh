@@ -13,9 +13,19 @@ mkdir -p "$OUT"
 DATA=$OUT/scaling.gpsd
 [ -f "$DATA" ] || ./gpsdrec synth --set synth.users=160000 --set synth.items=1000000 --set synth.cates=1000 \
     --set synth.mean_len=120 --set synth.max_len=400 --out "$DATA" > "$OUT/scaling_synth.log" 2>&1
+# More ranks than GPUs would share cards and measure that instead of scaling.
+n_gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+for n in $COUNTS; do
+    if [ "$n" -gt "${n_gpus:-0}" ]; then
+        echo "dist_scaling.sh: $n ranks asked for, $n_gpus GPUs visible; drop $n from the counts" >&2
+        exit 2
+    fi
+done
 JSON=$OUT/dist_scaling.jsonl
 : > "$JSON"
+# the revision measured, marked when the tree differs from it (the recorded figures must name it)
 rev=$(git rev-parse --short HEAD 2> /dev/null || echo unknown)
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && rev="$rev+dirty-$(git diff HEAD | sha1sum | cut -c1-8)"
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
 run() { # label per_gpu_batch n settings...
     local label=$1 pb=$2 n=$3; shift 3
