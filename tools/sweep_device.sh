@@ -20,6 +20,7 @@
 #   SWEEP_WORK    the working directory (default /dev/shm/gpsdrec_sweep when /dev/shm has 64 GiB
 #                 free, else sweeps/device): datasets, models and checkpoints stay there
 #   GPSDREC_SHARED  the shared data (default .shared when it exists, else ../shared)
+#   SWEEP_DATASETS  which sweeps (default "beauty synth"), e.g. "beauty" for a short call
 #   SWEEP_SIZES, SWEEP_DEVICE, SWEEP_EXTRA  for trying the script out: the sizes (default the
 #                 paper's eight), the device (default cuda) and gpsdrec options for every run, e.g.
 #                 SWEEP_SIZES=L1H8A2,L1H16A2,L2H16A2 SWEEP_DEVICE=cpu SWEEP_EXTRA="--max_steps 5"
@@ -104,11 +105,18 @@ set -o pipefail
 sizes=${SWEEP_SIZES:-L1H32A4,L4H32A4,L4H64A4,L4H128A4,L4H256A4,L8H512A8,L12H768A12,L24H1024A16}
 device=${SWEEP_DEVICE:-cuda}
 # shellcheck disable=SC2086  # SWEEP_EXTRA is a list of options
-python3 tools/sweep.py --jobs-per-gpu "$jobs" --deadline-min "$deadline" --hard-stop-min "$hard" \
-    --data "$work/data/beauty/data.gpsd" --budget configs/sweep/amazon_beauty.conf --out "$work/beauty" \
-    --sizes "$sizes" --strategies nt,stsf --device "$device" -- ${SWEEP_EXTRA:-} \
-    --and --data synth --budget configs/sweep/synthetic_30m.conf --out "$work/synth" \
-    --sizes "$sizes" --strategies nt,stsf --device "$device" -- ${SWEEP_EXTRA:-} 2>&1 | tee -a "$log"
+args=()
+for ds in ${SWEEP_DATASETS:-beauty synth}; do
+  [ ${#args[@]} -gt 0 ] && args+=(--and)
+  case $ds in
+    beauty) args+=(--data "$work/data/beauty/data.gpsd" --budget configs/sweep/amazon_beauty.conf --out "$work/beauty") ;;
+    synth) args+=(--data synth --budget configs/sweep/synthetic_30m.conf --out "$work/synth") ;;
+    *) say "unknown dataset $ds in SWEEP_DATASETS (beauty, synth)"; exit 2 ;;
+  esac
+  # shellcheck disable=SC2206  # SWEEP_EXTRA is a list of options
+  args+=(--sizes "$sizes" --strategies nt,stsf --device "$device" -- ${SWEEP_EXTRA:-})
+done
+python3 tools/sweep.py --jobs-per-gpu "$jobs" --deadline-min "$deadline" --hard-stop-min "$hard" "${args[@]}" 2>&1 | tee -a "$log"
 rc=$?
 set +o pipefail
 sweep_s=$(since "$t")
