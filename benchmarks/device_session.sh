@@ -5,7 +5,8 @@
 # short summary $OUT/summary.txt beside it.
 #
 # usage: OUT=DIR bash benchmarks/device_session.sh
-# environment: BENCH_TORCH_BUDGET_S (default 170), SESSION_SKIP_TESTS=1, BENCH_SKIP (run_bench.sh)
+# environment: BENCH_TORCH_BUDGET_S (default 150), SESSION_SKIP_TESTS=1, SESSION_SANITIZE=1 (compute-sanitizer
+# memcheck and racecheck on a subset of the GPU tests), BENCH_SKIP (run_bench.sh)
 set -u
 out_root=${OUT:-device_out}
 out=$out_root/session
@@ -32,6 +33,17 @@ if [ "${SESSION_SKIP_TESTS:-0}" != 1 ]; then
   timeout ${SESSION_TEST_S:-180} ./build/test_gpu > "$out/test_gpu.log" 2>&1
   say "test_gpu exit $?"
   grep -E "FAIL|probe:|skipped|passed" "$out/test_gpu.log" | tail -40 | tee -a "$out/session.log"
+  pack
+fi
+if [ "${SESSION_SANITIZE:-0}" = 1 ]; then
+  # memcheck over the cuDNN paths, a projected model and graph replay; racecheck over both attentions
+  timeout ${SESSION_MEMCHECK_S:-150} compute-sanitizer --tool memcheck --error-exitcode 3 ./build/test_gpu \
+    cudnn_attn_smaller_batch cudnn_attn_rejects gpu_random_pretrain_projected gpu_graph_capture_and_replay_match_direct_cudnn \
+    > "$out/memcheck.log" 2>&1
+  say "memcheck exit $?: $(grep -E 'ERROR SUMMARY|passed' "$out/memcheck.log" | tr '\n' ' ')"
+  timeout ${SESSION_RACECHECK_S:-100} compute-sanitizer --tool racecheck --error-exitcode 3 ./build/test_gpu \
+    kattn_causal cudnn_attn_smaller_batch gpu_random_pretrain_projected > "$out/racecheck.log" 2>&1
+  say "racecheck exit $?: $(grep -E 'RACECHECK SUMMARY|passed' "$out/racecheck.log" | tr '\n' ' ')"
   pack
 fi
 BENCH_OUT="$out/bench" BENCH_TORCH_BUDGET_S=${BENCH_TORCH_BUDGET_S:-150} BENCH_COMMAND="OUT=... bash benchmarks/device_session.sh" \

@@ -157,7 +157,7 @@ class Runner:
 
     def step(self):
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.mode != "fp32"):
-            out = self.fwd(self.c, self.P, self.batches[self.i % len(self.batches)])
+            out = self.fwd(self.c, self.P, self.batches[self.i % len(self.batches)], fast=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.trained, 1.0)
         self.opt.step()
@@ -199,6 +199,38 @@ class Runner:
             self.rec["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.rec["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
         return self.rec
+
+
+def check_fast_forward(dev):
+    """The timed model (forward(fast=True): nn.Embedding, SDPA, ignore_index) against the
+    reference formulation, in fp32 on small causal and bidirectional cases: losses and every
+    gradient must agree, or the timings would be of a different model."""
+    for stage, causal in (("pretrain", True), ("finetune", True), ("finetune", False)):
+        a = argparse.Namespace(label="check", stage=stage, layers=2, dim=32, heads=4, seq=12, batch=6,
+                               items=300, negatives=16 if stage == "pretrain" else 0, freeze=False, cates=20)
+        c = make_config(a)
+        c.causal = causal
+        inp = make_batch(c, a, dev, 0)
+        if not causal:
+            inp["historical_len"] = torch.randint(1, a.seq + 1, (a.batch,), device=dev)
+        torch.manual_seed(1)
+        P = {n: (torch.randn(s, device=dev) * 0.2).requires_grad_(True) for n, s in ref.param_shapes(c).items()}
+        got = []
+        for fast in (False, True):
+            out = ref.forward(c, P, inp, fast=fast)
+            grads = torch.autograd.grad(out["loss"], list(P.values()), allow_unused=True)
+            got.append((float(out["loss"]), grads))
+        (l0, g0), (l1, g1) = got
+        if abs(l0 - l1) > 1e-4 * max(1.0, abs(l0)):
+            raise SystemExit(f"torch_bench: fast forward differs from the reference ({stage}, causal {causal}): "
+                             f"loss {l1} vs {l0}")
+        for name, x, y in zip(P, g0, g1):
+            if (x is None) != (y is None):
+                raise SystemExit(f"torch_bench: fast forward: gradient of {name} missing in one formulation")
+            if x is not None and float((x - y).abs().max()) > 1e-4 * max(1e-3, float(x.abs().max())):
+                raise SystemExit(f"torch_bench: fast forward differs from the reference ({stage}, causal {causal}): "
+                                 f"gradient of {name} max diff {float((x - y).abs().max()):.3g}")
+    log("fast forward matches the reference formulation (fp32 losses and gradients, causal and bidirectional)")
 
 
 def base_record(a, mode, dev):
@@ -408,6 +440,7 @@ def main():
         return
     log(f"torch {torch.__version__}, {len(configs)} configurations, modes {','.join(modes)}, "
         f"budget {opts.budget_s:.0f} s")
+    check_fast_forward(dev)
     for a in configs:
         for mode in modes:
             if mode == "compile":

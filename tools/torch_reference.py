@@ -228,7 +228,7 @@ def gather_rows(table, ids):
     return table[torch.remainder(ids, V)]
 
 
-def attention(x, p, c, cos, sin, key_mask):
+def attention(x, p, c, cos, sin, key_mask, fast=False):
     B, T, _ = x.shape
     H, hd = c.n_heads, c.head_dim
     q = F.linear(x, p["attention.wq.weight"]).view(B, T, H, hd)
@@ -236,6 +236,12 @@ def attention(x, p, c, cos, sin, key_mask):
     v = F.linear(x, p["attention.wv.weight"]).view(B, T, H, hd)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
+    if fast:
+        if c.causal:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return F.linear(out.transpose(1, 2).reshape(B, T, H * hd), p["attention.wo.weight"])
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)
     scores = scores.masked_fill(~key_mask, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
@@ -248,16 +254,24 @@ def feed_forward(x, p):
                     p["feed_forward.w2.weight"])
 
 
-def forward(c, P, inp):
-    """The losses and rank outputs for parameters P (name -> tensor) and inputs inp (name -> int64)."""
+def forward(c, P, inp, fast=False):
+    """The losses and rank outputs for parameters P (name -> tensor) and inputs inp (name -> int64).
+
+    fast=True is the same model written the way the official code runs on a GPU, for timing it
+    (tools/torch_bench.py): nn.Embedding lookups (whose backward sums duplicate ids in parallel,
+    where indexing's backward adds them one after the other: the 2-row segment table would get
+    every token of the batch in two chains), F.scaled_dot_product_attention (fused kernels instead
+    of materialised scores), cross_entropy's ignore_index instead of boolean selection, and no id
+    checks or other host synchronisations. It expects ids already in [0, V)."""
     hist_item, hist_cate = inp["historical_item_ids"], inp["historical_cate_ids"]
     n = inp["historical_len"]
     B, S = hist_item.shape
     dev = hist_item.device
     if S != c.max_history:
         raise ValueError(f"inputs have {S} history slots, metadata max_history {c.max_history}")
-    if int(n.min()) < 1 or int(n.max()) > S:
+    if not fast and (int(n.min()) < 1 or int(n.max()) > S):
         raise ValueError(f"historical_len outside [1, {S}]")
+    gather = (lambda table, ids: F.embedding(ids, table)) if fast else gather_rows
     T = S + 1
     rows = torch.arange(B, device=dev)
     pad = torch.zeros(B, 1, dtype=torch.int64, device=dev)
@@ -267,8 +281,8 @@ def forward(c, P, inp):
     cates[rows, n] = inp["target_cate_id"]
     segments = torch.zeros_like(items)
     segments[rows, n] = 1
-    h = (gather_rows(P["item_embeddings.weight"], items) + gather_rows(P["cate_embeddings.weight"], cates) +
-         gather_rows(P["segment_embeddings.weight"], segments))
+    h = (gather(P["item_embeddings.weight"], items) + gather(P["cate_embeddings.weight"], cates) +
+         gather(P["segment_embeddings.weight"], segments))
     if c.projected:
         h = F.linear(rms_norm(h, P["pre_projector.pre_norm.weight"], 1e-6), P["pre_projector.linear.weight"])
 
@@ -280,7 +294,7 @@ def forward(c, P, inp):
     cos, sin = rope_angles(c.head_dim, T, c.rope_theta, dev)
     for i in range(c.n_layers):
         p = {k[len(f"layers.{i}."):]: v for k, v in P.items() if k.startswith(f"layers.{i}.")}
-        h = h + attention(rms_norm(h, p["attention_norm.weight"], c.norm_eps), p, c, cos, sin, key_mask)
+        h = h + attention(rms_norm(h, p["attention_norm.weight"], c.norm_eps), p, c, cos, sin, key_mask, fast)
         h = h + feed_forward(rms_norm(h, p["ffn_norm.weight"], c.norm_eps), p)
     h = rms_norm(h, P["norm.weight"], c.norm_eps)
     h_rank = h
@@ -297,22 +311,32 @@ def forward(c, P, inp):
         if negs.shape != (B, c.n_samples):
             raise ValueError(f"negatives are {tuple(negs.shape)}, expected ({B}, {c.n_samples})")
         mask = labels != IGNORE
-        if bool(mask.any()):
+        if fast or bool(mask.any()):
             x = l2_normalise(h, c.l2_norm)  # [B, T, E]
             table = P["item_embeddings.weight"]
-            pos_emb = l2_normalise(gather_rows(table, torch.where(mask, labels, 0)), c.l2_norm)
+            pos_emb = l2_normalise(gather(table, torch.where(mask, labels, 0)), c.l2_norm)
             label_scores = (x * pos_emb).sum(-1, keepdim=True)  # [B, T, 1]
-            neg_emb = l2_normalise(gather_rows(table, negs), c.l2_norm)  # [B, N, E]
+            neg_emb = l2_normalise(gather(table, negs), c.l2_norm)  # [B, N, E]
             noise = torch.einsum("bne,bte->btn", neg_emb, x)  # [B, T, N]
             hits = labels[:, :, None] == negs[:, None, :]
             noise = noise - 1e6 * hits
             scores = torch.cat([label_scores.to(noise.dtype), noise], -1) / c.temperature
-            sel = scores[mask].float()
-            out["item_ar_loss"] = F.cross_entropy(sel, torch.zeros(sel.shape[0], dtype=torch.int64, device=dev))
+            if fast:
+                target = torch.where(mask, 0, IGNORE)
+                out["item_ar_loss"] = F.cross_entropy(scores.flatten(0, 1).float(), target.flatten(),
+                                                      ignore_index=IGNORE)
+            else:
+                sel = scores[mask].float()
+                out["item_ar_loss"] = F.cross_entropy(sel, torch.zeros(sel.shape[0], dtype=torch.int64, device=dev))
     if c.w_cate > 0:
         labels = torch.cat([inp["cate_ar_labels"], pad_label], 1)
         mask = labels != IGNORE
-        if bool(mask.any()):
+        if fast:
+            x = l2_normalise(h, c.l2_norm).flatten(0, 1)  # [B*T, E]
+            table = l2_normalise(P["cate_embeddings.weight"], c.l2_norm)
+            scores = torch.matmul(x, table.t()) / c.temperature
+            out["cate_ar_loss"] = F.cross_entropy(scores.float(), labels.flatten(), ignore_index=IGNORE)
+        elif bool(mask.any()):
             x = l2_normalise(h[mask], c.l2_norm)  # [M, E]
             table = l2_normalise(P["cate_embeddings.weight"], c.l2_norm)
             scores = torch.matmul(x, table.t()) / c.temperature
@@ -324,7 +348,9 @@ def forward(c, P, inp):
         out["rank_outputs"] = torch.sigmoid(z)
         click = inp["click_label"]
         m = (click == 0) | (click == 1)
-        if bool(m.any()):
+        if fast:  # every benchmark sample has a click label: no selection
+            out["rank_loss"] = F.binary_cross_entropy_with_logits(z, click.float())
+        elif bool(m.any()):
             out["rank_loss"] = F.binary_cross_entropy_with_logits(z[m], click[m].float())
     out["loss"] = c.w_item * out["item_ar_loss"] + c.w_cate * out["cate_ar_loss"] + c.w_rank * out["rank_loss"]
     return out
