@@ -219,7 +219,7 @@ def check_fast_forward(dev):
         for fast in (False, True):
             out = ref.forward(c, P, inp, fast=fast)
             grads = torch.autograd.grad(out["loss"], list(P.values()), allow_unused=True)
-            got.append((float(out["loss"]), grads))
+            got.append((float(out["loss"].detach()), grads))
         (l0, g0), (l1, g1) = got
         if abs(l0 - l1) > 1e-4 * max(1.0, abs(l0)):
             raise SystemExit(f"torch_bench: fast forward differs from the reference ({stage}, causal {causal}): "
