@@ -89,7 +89,8 @@ cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, float *d_w, const f
 cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, int64_t rows, int dim,
                          float eps, cudaStream_t s);
 /* d_x = (d_out - out * <out, d_out>) / norm when norm > eps else d_out / eps; written (=) or
- * added (accumulate != 0) into d_x (fp32). out is the fp32 forward output. */
+ * added (accumulate != 0) into d_x (fp32). out is the fp32 forward output. d_x may be d_out
+ * (in place) when accumulate == 0: each row is read whole before any of it is written. */
 cudaError_t k_l2norm_bwd(float *d_x, const float *d_out, const float *out, const float *norm, int64_t rows, int dim,
                          float eps, int accumulate, cudaStream_t s);
 

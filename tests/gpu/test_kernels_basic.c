@@ -553,6 +553,15 @@ TEST(kb_l2norm)
                 free(g_dx);
                 free(wdx);
             }
+            { /* in place, as the model computes the negatives' row gradients */
+                float *wdx = host_f32(n);
+                cpu_l2norm_bwd(wdx, dy, want, norm, rows, dim, eps, 0);
+                KERNEL_REQUIRE(k_l2norm_bwd(d_dy, d_dy, d_y, d_nr, rows, dim, eps, 0, 0));
+                float *g_dx = download_f32(d_dy, n);
+                CHECK_REL(g_dx, wdx, n, TOL_F32, "l2norm_bwd (in place)");
+                free(g_dx);
+                free(wdx);
+            }
             cudaFree(d_dx);
             cudaFree(d_nr);
             cudaFree(d_y);
