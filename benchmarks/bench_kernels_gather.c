@@ -10,6 +10,7 @@
  * k_gather_rows and two k_axpy. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bench_cases.h"
 #include "bench_harness.h"
@@ -96,10 +97,25 @@ typedef struct {
     int E;
     float *table, *grad;
     int32_t *ids[MAXSET];
-    float *rows[MAXSET], *src[MAXSET];
+    float *rows[MAXSET], *src[MAXSET], *norm[MAXSET], *normed[MAXSET];
+    gp_bf16 *out16[MAXSET];
     k_scatter_plan plan;
     void *scratch;
 } gather_ctx;
+
+static void l_l2_rows(void *p, int i)
+{
+    gather_ctx *c = p;
+    CK(k_l2norm_fwd_rows(NULL, c->out16[i], c->norm[i], c->table, c->ids[i], c->R, c->E, 1e-6f, BK.s));
+}
+
+/* what the model did before k_l2norm_fwd_rows: gather fp32 rows, then normalise to fp32 and bf16 */
+static void l_l2_rows_unfused(void *p, int i)
+{
+    gather_ctx *c = p;
+    CK(k_gather_rows(c->rows[i], NULL, c->table, c->ids[i], c->R, c->E, BK.s));
+    CK(k_l2norm_fwd(c->normed[i], c->out16[i], c->norm[i], c->rows[i], c->R, c->E, 1e-6f, BK.s));
+}
 
 static void l_gather(void *p, int i)
 {
@@ -140,6 +156,22 @@ static void gather_scatter_case(int64_t R, int E, int64_t V, const char *what)
         bk_meas m = {"gather_rows", sh, "ours", "k_gather_rows", bytes, 0, 0, 4 * RE + 4.0 * R, "fp32 out"};
         bk_report(&m, &t, bk_finite_f32(c.rows[0], c.R * E));
     }
+    if (bk_want("l2norm_fwd_rows") && strcmp(what, "negatives") == 0) {
+        for (int i = 0; i < n; i++) {
+            c.out16[i] = bk_alloc((size_t)RE * 2);
+            c.norm[i] = bk_alloc((size_t)R * 4);
+            c.normed[i] = bk_alloc((size_t)RE * 4);
+        }
+        double bytes = 4.0 * E * (double)distinct + 4.0 * R + 2 * RE + 4.0 * R;
+        bk_timing t = bk_time(l_l2_rows, &c, n);
+        bk_meas m = {"l2norm_fwd_rows", sh, "ours", "k_l2norm_fwd_rows", bytes, 0, 0, bytes,
+                     "table rows by id, normalised to bf16 + norms"};
+        bk_report(&m, &t, bk_finite_bf16(c.out16[0], c.R * E));
+        t = bk_time(l_l2_rows_unfused, &c, n);
+        bk_meas u = {"l2norm_fwd_rows", sh, "unfused: k_gather_rows + k_l2norm_fwd (fp32 + bf16)",
+                     "k_gather_rows; k_l2norm_fwd", bytes, bytes + 4 * RE * 3, 0, 0, NULL};
+        bk_report(&u, &t, bk_finite_bf16(c.out16[0], c.R * E));
+    }
     if (do_scatter) {
         for (int i = 0; i < n; i++) /* row gradients (the gathered rows, if any, are not reused) */
             c.src[i] = bk_rand_f32(R * E, 0.01f);
@@ -173,6 +205,12 @@ static void l_l2b(void *p, int i)
 {
     l2_ctx *c = p;
     CK(k_l2norm_bwd(c->d_x[i], c->d_out[i], c->out[i], c->norm[i], c->R, c->E, 1e-6f, 0, BK.s));
+}
+
+static void l_l2b16(void *p, int i)
+{
+    l2_ctx *c = p;
+    CK(k_l2norm_bwd_bf16(c->d_x[i], c->d_out[i], c->out16[i], c->norm[i], c->R, c->E, 1e-6f, 0, BK.s));
 }
 
 static void l_dot(void *p, int i)
@@ -227,6 +265,13 @@ static void head_rows_case(int64_t R, int E, const char *what)
         bk_timing t = bk_time(l_l2b, &c, n);
         bk_meas m = {"l2norm_bwd", sh, "ours", "k_l2norm_bwd", bytes, 0, 0, bytes, "d_x written (=)"};
         bk_report(&m, &t, bk_finite_f32(c.d_x[0], R * E));
+        for (int i = 0; i < n; i++)
+            CK(k_l2norm_fwd(NULL, c.out16[i], c.norm[i], c.x[i], R, E, 1e-6f, BK.s));
+        bytes = RE * 10 + 4.0 * R;
+        t = bk_time(l_l2b16, &c, n);
+        bk_meas m16 = {"l2norm_bwd", sh, "ours, forward output in bf16", "k_l2norm_bwd_bf16", bytes, 0, 0, bytes,
+                       "the negatives' backward"};
+        bk_report(&m16, &t, bk_finite_f32(c.d_x[0], R * E));
     }
     if (bk_want("row_dot")) {
         double bytes = RE * 8 + 4.0 * R;

@@ -88,11 +88,19 @@ cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, float *d_w, const f
  * = ||x[r]||. */
 cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, int64_t rows, int dim,
                          float eps, cudaStream_t s);
+/* The same of the table rows ids[0..rows) (each in [0, table rows), 64-bit offsets): row r of
+ * the outputs normalises table[ids[r]], with no gathered fp32 copy in between. */
+cudaError_t k_l2norm_fwd_rows(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *table, const int32_t *ids,
+                              int64_t rows, int dim, float eps, cudaStream_t s);
 /* d_x = (d_out - out * <out, d_out>) / norm when norm > eps else d_out / eps; written (=) or
  * added (accumulate != 0) into d_x (fp32). out is the fp32 forward output. d_x may be d_out
  * (in place) when accumulate == 0: each row is read whole before any of it is written. */
 cudaError_t k_l2norm_bwd(float *d_x, const float *d_out, const float *out, const float *norm, int64_t rows, int dim,
                          float eps, int accumulate, cudaStream_t s);
+/* The same with the forward output kept in bf16 only (the copy the logits GEMMs read); in place
+ * as above. */
+cudaError_t k_l2norm_bwd_bf16(float *d_x, const float *d_out, const gp_bf16 *out, const float *norm, int64_t rows,
+                              int dim, float eps, int accumulate, cudaStream_t s);
 
 /* out[r] = <a[r], b[r]> * alpha (fp32 rows of dim), the positive logits of the item head. */
 cudaError_t k_row_dot(float *out, const float *a, const float *b, int64_t rows, int dim, float alpha, cudaStream_t s);

@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(1024) chunk_colsum_kernel(float *d_w, const fl
 
 template <int G, int UPL>
 __global__ void __launch_bounds__(T) l2_fwd_kernel(float *out_f32, uint16_t *out_bf16, float *norm, const float *x,
-                                                   int64_t rows, int dim, float eps, bool vec)
+                                                   const int32_t *ids, int64_t rows, int dim, float eps, bool vec)
 {
     constexpr int R = T / G;
     __shared__ float red[2 * T / 32];
@@ -224,13 +224,14 @@ __global__ void __launch_bounds__(T) l2_fwd_kernel(float *out_f32, uint16_t *out
     for (int64_t base = (int64_t)blockIdx.x * R; base < rows; base += (int64_t)gridDim.x * R, parity ^= 1) {
         const int64_t row = base + slot;
         const bool ok = row < rows;
+        const int64_t src = ok && ids ? (int64_t)__ldg(ids + row) : row; /* 64-bit: tables beyond 2^31 floats */
         kb::f8 v[UPL];
         float ss = 0.f;
 #pragma unroll
         for (int k = 0; k < UPL; k++) {
             const int u = lane + k * G, e = u * kb::UNIT;
             if (ok && u < upr) {
-                kb::ld8<false>(v[k], x + row * dim + e, min(kb::UNIT, dim - e), vec);
+                kb::ld8<false>(v[k], x + src * dim + e, min(kb::UNIT, dim - e), vec);
 #pragma unroll
                 for (int j = 0; j < kb::UNIT; j++)
                     ss = fmaf(v[k].v[j], v[k].v[j], ss);
@@ -262,8 +263,8 @@ __global__ void __launch_bounds__(T) l2_fwd_kernel(float *out_f32, uint16_t *out
     }
 }
 
-template <int G, int UPL>
-__global__ void __launch_bounds__(T) l2_bwd_kernel(float *d_x, const float *d_out, const float *out, const float *norm,
+template <int G, int UPL, typename Y>
+__global__ void __launch_bounds__(T) l2_bwd_kernel(float *d_x, const float *d_out, const Y *out, const float *norm,
                                                    int64_t rows, int dim, float eps, bool accumulate, bool vec)
 {
     constexpr int R = T / G;
@@ -445,8 +446,8 @@ extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, float *d
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, int64_t rows,
-                                    int dim, float eps, cudaStream_t s)
+static cudaError_t l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, const int32_t *ids,
+                              int64_t rows, int dim, float eps, cudaStream_t s)
 {
     if (rows <= 0 || dim <= 0)
         return cudaSuccess;
@@ -454,7 +455,37 @@ extern "C" cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *no
     cudaError_t err = cudaSuccess;
 #define LAUNCH(G, UPL)                                                                                                 \
     l2_fwd_kernel<G, UPL><<<kb::grid_for(l2_fwd_kernel<G, UPL>, rows, T / (G)), T, 0, s>>>(out_f32, out_bf16, norm, x, \
-                                                                                           rows, dim, eps, vec)
+                                                                                           ids, rows, dim, eps, vec)
+    KB_ROW_DISPATCH(dim, err, LAUNCH);
+#undef LAUNCH
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+extern "C" cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, int64_t rows,
+                                    int dim, float eps, cudaStream_t s)
+{
+    return l2norm_fwd(out_f32, out_bf16, norm, x, NULL, rows, dim, eps, s);
+}
+
+extern "C" cudaError_t k_l2norm_fwd_rows(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *table,
+                                         const int32_t *ids, int64_t rows, int dim, float eps, cudaStream_t s)
+{
+    if (rows > 0 && !ids)
+        return cudaErrorInvalidValue;
+    return l2norm_fwd(out_f32, out_bf16, norm, table, ids, rows, dim, eps, s);
+}
+
+template <typename Y>
+static cudaError_t l2norm_bwd(float *d_x, const float *d_out, const Y *out, const float *norm, int64_t rows, int dim,
+                              float eps, int accumulate, cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0)
+        return cudaSuccess;
+    const bool vec = dim % kb::UNIT == 0 && kb::aligned16(d_x) && kb::aligned16(d_out) && kb::aligned16(out);
+    cudaError_t err = cudaSuccess;
+#define LAUNCH(G, UPL)                                                                                                 \
+    l2_bwd_kernel<G, UPL, Y><<<kb::grid_for(l2_bwd_kernel<G, UPL, Y>, rows, T / (G)), T, 0, s>>>(                      \
+        d_x, d_out, out, norm, rows, dim, eps, accumulate != 0, vec)
     KB_ROW_DISPATCH(dim, err, LAUNCH);
 #undef LAUNCH
     return err != cudaSuccess ? err : cudaGetLastError();
@@ -463,16 +494,13 @@ extern "C" cudaError_t k_l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *no
 extern "C" cudaError_t k_l2norm_bwd(float *d_x, const float *d_out, const float *out, const float *norm, int64_t rows,
                                     int dim, float eps, int accumulate, cudaStream_t s)
 {
-    if (rows <= 0 || dim <= 0)
-        return cudaSuccess;
-    const bool vec = dim % kb::UNIT == 0 && kb::aligned16(d_x) && kb::aligned16(d_out) && kb::aligned16(out);
-    cudaError_t err = cudaSuccess;
-#define LAUNCH(G, UPL)                                                                                                 \
-    l2_bwd_kernel<G, UPL><<<kb::grid_for(l2_bwd_kernel<G, UPL>, rows, T / (G)), T, 0, s>>>(                            \
-        d_x, d_out, out, norm, rows, dim, eps, accumulate != 0, vec)
-    KB_ROW_DISPATCH(dim, err, LAUNCH);
-#undef LAUNCH
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return l2norm_bwd<float>(d_x, d_out, out, norm, rows, dim, eps, accumulate, s);
+}
+
+extern "C" cudaError_t k_l2norm_bwd_bf16(float *d_x, const float *d_out, const gp_bf16 *out, const float *norm,
+                                         int64_t rows, int dim, float eps, int accumulate, cudaStream_t s)
+{
+    return l2norm_bwd<uint16_t>(d_x, d_out, out, norm, rows, dim, eps, accumulate, s);
 }
 
 extern "C" cudaError_t k_row_dot(float *out, const float *a, const float *b, int64_t rows, int dim, float alpha,

@@ -66,9 +66,9 @@ struct cuda_model {
     gp_bf16 *pn16, *o16, *f16, *hf16, *hp16;
     cu_layer *layer;
     /* heads */
-    float *Hg, *Hn, *Hnorm, *Le, *Ln, *Lnorm, *pos_logit, *d_pos, *Ne, *Nn, *Nnorm, *logits, *row_loss, *row_loss_c;
+    float *Hg, *Hn, *Hnorm, *Le, *Ln, *Lnorm, *pos_logit, *d_pos, *Nnorm, *logits, *row_loss, *row_loss_c;
     gp_bf16 *Hn16, *Nn16, *dlog16, *Cn16;
-    float *d_Hn, *d_H, *d_Ln, *d_Le, *d_Nn, *d_Ne, *Cn, *Cnorm, *d_Cn, *d_Cn_pre;
+    float *d_Hn, *d_H, *d_Ln, *d_Le, *d_Nn, *Cn, *Cnorm, *d_Cn, *d_Cn_pre;
     float *z1, *z, *prob, *r_loss, *dz, *d_r1, *d_r_in;
     gp_bf16 *r_in16, *r1_16, *dz16, *d_z1_16;
     float *r_in;
@@ -157,7 +157,6 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->Lnorm = carve(base, &c, F32(BS));
     m->pos_logit = carve(base, &c, F32(BS));
     m->d_pos = carve(base, &c, F32(BS));
-    m->Nn = carve(base, &c, F32(BN * E));
     m->Nnorm = carve(base, &c, F32(BN));
     m->Nn16 = carve(base, &c, B16(BN * E));
     size_t width = N > Cp ? N : Cp;
@@ -169,13 +168,12 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_H = carve(base, &c, F32(BS * E));
     m->d_Ln = carve(base, &c, F32(BS * E));
     m->d_Le = carve(base, &c, F32(BS * E));
-    /* One [B*N][E] fp32 buffer serves three tensors in turn: the gathered negative rows (dead once
-     * normalised into Nn, before the first backward GEMM writes), their gradient d_Nn, and the
-     * gradient of the raw rows d_Ne, computed in place. At 4096 negatives that is 2 x B*N*E*4 bytes
-     * saved (1 GiB for L4H64A4 at batch 512, 4 GiB for L4H256A4). */
+    /* The negatives, [B*N][E] (2^21 rows at batch 512 and 4096 negatives), are kept as little as
+     * possible: normalised straight from the table into bf16 (the copy the GEMMs read, which the
+     * L2 backward reads too), and one fp32 gradient buffer, turned in place from the gradient of
+     * the normalised rows into that of the raw rows. 6 bytes an element where a gathered fp32
+     * copy, an fp32 normalised copy and a second gradient took 16 (for L4H256A4, 3 GiB not 8). */
     m->d_Nn = carve(base, &c, F32(BN * E));
-    m->Ne = m->d_Nn;
-    m->d_Ne = m->d_Nn;
     m->Cn = carve(base, &c, F32(C * E));
     m->Cnorm = carve(base, &c, F32(C));
     m->Cn16 = carve(base, &c, B16(Cp * E));
@@ -932,9 +930,10 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
         if (normalise(m, m->Ln, NULL, m->Lnorm, m->Le, BS, e) != 0)
             return -1;
         CU(k_row_dot(m->pos_logit, m->Hn, m->Ln, BS, E, inv_temp, s));
-        CU(k_gather_rows(m->Ne, NULL, m->item, md->neg_row, BN, E, s));
-        if (normalise(m, m->Nn, m->Nn16, m->Nnorm, m->Ne, BN, e) != 0)
-            return -1;
+        if (c->l2_norm)
+            CU(k_l2norm_fwd_rows(NULL, m->Nn16, m->Nnorm, m->item, md->neg_row, BN, E, c->l2_eps, s));
+        else
+            CU(k_gather_rows(NULL, m->Nn16, m->item, md->neg_row, BN, E, s));
         const float scale = grad_scale * c->w_item / (float)bs->n_item * inv_temp;
         for (int b0 = 0; b0 < Bc; b0 += m->chunk) {
             int cb = GP_MIN(m->chunk, Bc - b0);
@@ -968,9 +967,9 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
                 if (normalise_bwd(m, m->d_Le, m->d_Ln, m->Ln, m->Lnorm, BS, 0, e) != 0)
                     return -1;
                 CU(k_scatter_add_rows(m->item_g, m->d_Le, md->lab_ids, BS, E, NULL, &m->scat, m->scat_scratch, s));
-                if (normalise_bwd(m, m->d_Ne, m->d_Nn, m->Nn, m->Nnorm, BN, 0, e) != 0)
-                    return -1;
-                CU(k_scatter_add_rows(m->item_g, m->d_Ne, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch, s));
+                if (c->l2_norm) /* without L2 normalisation d_Nn is the raw rows' gradient already */
+                    CU(k_l2norm_bwd_bf16(m->d_Nn, m->d_Nn, m->Nn16, m->Nnorm, BN, E, c->l2_eps, 0, s));
+                CU(k_scatter_add_rows(m->item_g, m->d_Nn, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch, s));
             }
         }
     }

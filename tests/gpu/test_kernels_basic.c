@@ -553,14 +553,52 @@ TEST(kb_l2norm)
                 free(g_dx);
                 free(wdx);
             }
-            { /* in place, as the model computes the negatives' row gradients */
+            { /* the output kept in bf16 only, in place: the model's negatives */
+                uint16_t *yb = malloc((size_t)n * 2);
+                for (int64_t i = 0; i < n; i++)
+                    yb[i] = float_to_bf16(want[i]);
+                uint16_t *d_yb = gpu_upload(yb, (size_t)n * 2);
                 float *wdx = host_f32(n);
-                cpu_l2norm_bwd(wdx, dy, want, norm, rows, dim, eps, 0);
-                KERNEL_REQUIRE(k_l2norm_bwd(d_dy, d_dy, d_y, d_nr, rows, dim, eps, 0, 0));
+                cpu_l2norm_bwd(wdx, dy, wb, norm, rows, dim, eps, 0); /* wb: want rounded to bf16 */
+                KERNEL_REQUIRE(k_l2norm_bwd_bf16(d_dy, d_dy, d_yb, d_nr, rows, dim, eps, 0, 0));
                 float *g_dx = download_f32(d_dy, n);
-                CHECK_REL(g_dx, wdx, n, TOL_F32, "l2norm_bwd (in place)");
+                CHECK_REL(g_dx, wdx, n, TOL_F32, "l2norm_bwd_bf16 (in place)");
                 free(g_dx);
                 free(wdx);
+                cudaFree(d_yb);
+                free(yb);
+            }
+            { /* normalising table rows by id: ids with repeats, in any order */
+                int64_t n_ids = rows + rows / 2 + 1;
+                int32_t *ids = malloc((size_t)n_ids * 4);
+                for (int64_t i = 0; i < n_ids; i++)
+                    ids[i] = (int32_t)gp_rng_below(&r, (uint64_t)rows);
+                float *gx = host_f32(n_ids * dim), *wg = host_f32(n_ids * dim), *wgn = host_f32(n_ids);
+                for (int64_t i = 0; i < n_ids; i++)
+                    memcpy(gx + i * dim, x + (int64_t)ids[i] * dim, (size_t)dim * 4);
+                cpu_l2norm_fwd(wg, wgn, gx, n_ids, dim, eps);
+                int32_t *d_ids = gpu_upload(ids, (size_t)n_ids * 4);
+                float *d_go = gpu_alloc((size_t)n_ids * dim * 4), *d_gn = gpu_alloc((size_t)n_ids * 4);
+                uint16_t *d_gb = gpu_alloc((size_t)n_ids * dim * 2);
+                REQUIRE(d_ids && d_go && d_gn && d_gb);
+                KERNEL_REQUIRE(k_l2norm_fwd_rows(d_go, d_gb, d_gn, d_x, d_ids, n_ids, dim, eps, 0));
+                float *g_go = download_f32(d_go, n_ids * dim), *g_gn = download_f32(d_gn, n_ids),
+                      *g_gb = download_bf16(d_gb, n_ids * dim);
+                CHECK_REL(g_go, wg, n_ids * dim, TOL_F32, "l2norm_fwd_rows out");
+                CHECK_REL(g_gn, wgn, n_ids, TOL_F32, "l2norm_fwd_rows norm");
+                round_bf16(wg, n_ids * dim);
+                CHECK_REL(g_gb, wg, n_ids * dim, TOL_BF16, "l2norm_fwd_rows bf16");
+                free(g_gb);
+                free(g_gn);
+                free(g_go);
+                cudaFree(d_gb);
+                cudaFree(d_gn);
+                cudaFree(d_go);
+                cudaFree(d_ids);
+                free(wgn);
+                free(wg);
+                free(gx);
+                free(ids);
             }
             cudaFree(d_dx);
             cudaFree(d_nr);
