@@ -149,7 +149,8 @@ int main(int argc, char **argv)
     }
 #endif
     backend_opts bo = {.max_batch = (int)s.batch_size, .freeze_sparse = s.freeze_sparse, .threads = (int)s.threads,
-                       .attention_kernel = s.attention_kernel};
+                       .attention_kernel = s.attention_kernel,
+                       .recompute_blocks = s.recompute_blocks};
     backend *be = backend_create(s.device, &ml, &bo, &e);
     if (!be)
         goto fail;

@@ -11,7 +11,8 @@
 #   Existing JSON files there are replaced, not appended to.
 #
 # Environment: BENCH_SKIP=kernels,steps,torch (phases to leave out), BENCH_CONFIGS (default
-# benchmarks/step_configs.txt: the configurations of the steps and PyTorch phases), BENCH_STEPS (timed steps
+# benchmarks/step_configs.txt: the configurations of the steps and PyTorch phases), BENCH_VARIANTS
+# (default benchmarks/step_variants.txt: variant step runs, e.g. recompute_blocks), BENCH_STEPS (timed steps
 # per configuration, default 30), BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
 # included, default 270), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
 # torch; default the first of python3, /opt/torch/.venv/bin/python3 that imports it), GIT_REV
@@ -65,16 +66,32 @@ fi
 if ! skip steps; then
   rm -f "$out/steps.jsonl" "$out/steps.txt"
   say "steps: build/bench_step, $steps timed steps per configuration"
-  grep -v '^#' "$configs" | while read -r name stage layers dim heads seq batch items negs freeze; do
-    [ -n "$name" ] || continue
+  # one configuration line (step_configs.txt's columns), a label, extra key=value settings
+  run_step() {
+    line=$1 label=$2 extra=$3
+    set -- $line
+    name=$1 stage=$2 layers=$3 dim=$4 heads=$5 seq=$6 batch=$7 items=$8 negs=$9 freeze=${10}
     set -- --set n_negatives="$negs"
     [ "$negs" -gt 0 ] || set --
-    timeout 300 ./build/bench_step --warmup 5 --steps "$steps" --json "$out/steps.jsonl" --label "$name $stage" \
+    for kv in $(printf '%s' "$extra" | tr ',' ' '); do set -- "$@" --set "$kv"; done
+    timeout 300 ./build/bench_step --warmup 5 --steps "$steps" --json "$out/steps.jsonl" --label "$label" \
       --items "$items" --set stage="$stage" --set n_layers="$layers" --set dim="$dim" --set n_heads="$heads" \
       --set max_history="$seq" --set batch_size="$batch" --set freeze_sparse="$freeze" "$@" < /dev/null >> "$out/steps.txt" 2>&1
     rc=$?
-    [ $rc -eq 0 ] || echo "bench_step $name $stage: exit $rc" >> "$out/steps.txt"
+    [ $rc -eq 0 ] || echo "bench_step $label: exit $rc" >> "$out/steps.txt"
     say "$(tail -1 "$out/steps.txt")"
+  }
+  grep -v '^#' "$configs" | while read -r line; do
+    [ -n "$line" ] || continue
+    set -- $line
+    run_step "$line" "$1 $2" ""
+  done
+  variants=${BENCH_VARIANTS:-benchmarks/step_variants.txt}
+  [ -f "$variants" ] && grep -v '^#' "$variants" | while read -r vname vstage suffix extra; do
+    [ -n "$vname" ] || continue
+    line=$(grep -v '^#' "$configs" | awk -v n="$vname" -v s="$vstage" '$1 == n && $2 == s' | head -1)
+    if [ -z "$line" ]; then say "variant $vname $vstage $suffix: no such configuration in $configs"; continue; fi
+    run_step "$line" "$vname $vstage $suffix" "$extra"
   done
 fi
 

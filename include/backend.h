@@ -42,6 +42,7 @@ typedef struct {
     dist_ctx *dist;    /* the process group of a data-parallel run; NULL = one process */
     int dist_item_grads; /* DIST_ITEM_AUTO / ROWS / DENSE (settings.h) */
     int attention_kernel; /* ATTN_KERNEL_AUTO / OWN / CUDNN (settings.h); CUDA backend only */
+    int recompute_blocks; /* keep only block inputs, recompute each block before its backward; CUDA only */
 } backend_opts;
 
 typedef struct {

@@ -50,6 +50,7 @@ typedef struct {
     char out_dir[CFG_STR_MAX];
     int device;
     int attention_kernel;
+    int recompute_blocks;
     int64_t threads;
     /* data parallelism */
     int64_t nproc;

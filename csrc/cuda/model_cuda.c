@@ -124,9 +124,17 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->pre_rstd = carve(base, &c, F32(T));
     for (int l = 0; l <= m->L; l++)
         m->xs[l] = carve(base, &c, F32(T * D));
+    /* recompute_blocks: one set of block activations, shared by every block (each recomputed
+     * from its input xs[l] before its backward); otherwise one set per block. */
     for (int l = 0; l < m->L; l++) {
         cu_layer *a = &m->layer[l];
         a->x = m->xs[l];
+        if (m->opts.recompute_blocks && l > 0) {
+            cu_layer *first = &m->layer[0];
+            *a = *first;
+            a->x = m->xs[l];
+            continue;
+        }
         a->n1 = carve(base, &c, B16(T * D));
         a->rstd1 = carve(base, &c, F32(T));
         a->qkv = carve(base, &c, B16(T * 3 * D));
@@ -803,11 +811,52 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
 /* The tensor-core attention kernels take these head sizes; others run on the generic kernel. */
 static int tensor_core_head(int hd) { return hd == 8 || hd == 16 || hd == 32 || hd == 64; }
 
+/* Block li forward. again = 0: in the forward pass, x_li = h_{li-1} + f_{li-1} written into
+ * xs[li] (fused with the attention norm) and f_li left in f16 for the next block. again = 1:
+ * recomputing the block's activations from its stored input xs[li] before its backward, with the
+ * same kernels on the same values, so they are the forward's to the bit; f_li is not needed. */
+static int block_forward(cuda_model *m, int li, int T, int again, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const int D = m->D, F = m->F, H = m->H, hd = c->head_dim;
+    cudaStream_t s = m->stream;
+    const cu_meta *md = &m->md;
+    cu_layer *a = &m->layer[li];
+    const cu_layer_off *o = &m->lo[li];
+    if (li == 0 || again)
+        CU(k_residual_rmsnorm_fwd(NULL, a->n1, a->rstd1, a->x, NULL, m->P + o->attn_norm, T, D, c->norm_eps, s));
+    else
+        CU(k_residual_rmsnorm_fwd(a->x, a->n1, a->rstd1, m->layer[li - 1].h, m->f16, m->P + o->attn_norm, T, D,
+                                  c->norm_eps, s));
+    if (gemm_linear_fwd(m->gemm, a->qkv, GEMM_BF16, a->n1, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
+        return -1;
+    CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
+    if (m->attn_cudnn_now) {
+        if (cudnn_attn_fwd(m->attn, a->att, a->lse, a->qkv, md->seq_len, md->ragged_qkv, md->ragged_out, m->B_cur,
+                           e) != 0)
+            return -1;
+    } else if (tensor_core_head(hd))
+        CU(k_attention_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal, s));
+    else
+        CU(k_attention_generic_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, H, hd, c->causal, s));
+    if (gemm_linear_fwd(m->gemm, m->o16, GEMM_BF16, a->att, m->P16 + o->wo, T, D, D, s, e) != 0)
+        return -1;
+    CU(k_residual_rmsnorm_fwd(a->h, a->n2, a->rstd2, a->x, m->o16, m->P + o->ffn_norm, T, D, c->norm_eps, s));
+    if (gemm_linear_fwd(m->gemm, a->ab, GEMM_BF16, a->n2, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
+        return -1;
+    CU(k_swiglu_fwd(a->g, a->ab, T, F, s));
+    if (!again && gemm_linear_fwd(m->gemm, m->f16, GEMM_BF16, a->g, m->P16 + o->w2, T, F, D, s, e) != 0)
+        return -1;
+    return 0;
+fail:
+    return -1;
+}
+
 /* Embeddings, blocks, final norm and output projector. */
 static int forward_trunk(cuda_model *m, int T, gp_err *e)
 {
     const model_config *c = &m->c;
-    const int D = m->D, E = m->E, F = m->F, H = m->H, hd = c->head_dim;
+    const int D = m->D, E = m->E;
     cudaStream_t s = m->stream;
     const cu_meta *md = &m->md;
     float *emb_out = c->projected ? m->x0 : m->xs[0];
@@ -818,36 +867,9 @@ static int forward_trunk(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_fwd(m->gemm, m->xs[0], GEMM_F32, m->pn16, m->P16 + m->pre_lin, T, E, D, s, e) != 0)
             return -1;
     }
-    for (int li = 0; li < m->L; li++) {
-        cu_layer *a = &m->layer[li];
-        const cu_layer_off *o = &m->lo[li];
-        /* x_li = h_{li-1} + f_{li-1}, fused with this block's attention norm */
-        if (li == 0)
-            CU(k_residual_rmsnorm_fwd(NULL, a->n1, a->rstd1, a->x, NULL, m->P + o->attn_norm, T, D, c->norm_eps, s));
-        else
-            CU(k_residual_rmsnorm_fwd(a->x, a->n1, a->rstd1, m->layer[li - 1].h, m->f16, m->P + o->attn_norm, T, D,
-                                      c->norm_eps, s));
-        if (gemm_linear_fwd(m->gemm, a->qkv, GEMM_BF16, a->n1, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
+    for (int li = 0; li < m->L; li++)
+        if (block_forward(m, li, T, 0, e) != 0)
             return -1;
-        CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
-        if (m->attn_cudnn_now) {
-            if (cudnn_attn_fwd(m->attn, a->att, a->lse, a->qkv, md->seq_len, md->ragged_qkv, md->ragged_out, m->B_cur,
-                               e) != 0)
-                return -1;
-        } else if (tensor_core_head(hd))
-            CU(k_attention_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal,
-                               s));
-        else
-            CU(k_attention_generic_fwd(a->att, a->lse, a->qkv, md->seq_off, md->seq_len, m->B_cur, H, hd, c->causal, s));
-        if (gemm_linear_fwd(m->gemm, m->o16, GEMM_BF16, a->att, m->P16 + o->wo, T, D, D, s, e) != 0)
-            return -1;
-        CU(k_residual_rmsnorm_fwd(a->h, a->n2, a->rstd2, a->x, m->o16, m->P + o->ffn_norm, T, D, c->norm_eps, s));
-        if (gemm_linear_fwd(m->gemm, a->ab, GEMM_BF16, a->n2, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
-            return -1;
-        CU(k_swiglu_fwd(a->g, a->ab, T, F, s));
-        if (gemm_linear_fwd(m->gemm, m->f16, GEMM_BF16, a->g, m->P16 + o->w2, T, F, D, s, e) != 0)
-            return -1;
-    }
     if (m->L == 0)
         CU(k_residual_rmsnorm_fwd(NULL, m->hf16, m->rstd_f, m->xs[0], NULL, m->P + m->final_norm, T, D, c->norm_eps, s));
     else
@@ -1086,6 +1108,10 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
     for (int li = m->L - 1; li >= 0; li--) {
         cu_layer *a = &m->layer[li];
         const cu_layer_off *o = &m->lo[li];
+        /* the shared activations hold the last block's from the forward pass; the others are
+         * recomputed from their inputs */
+        if (m->opts.recompute_blocks && li < m->L - 1 && block_forward(m, li, T, 1, e) != 0)
+            return -1;
         /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2) */
         if (gemm_linear_wgrad(m->gemm, m->G + o->w2, m->d_x16, a->g, T, F, D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_g16, GEMM_BF16, 0.0f, m->d_x16, m->P16 + o->w2, T, F, D, s, e) != 0)

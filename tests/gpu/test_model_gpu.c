@@ -442,3 +442,77 @@ static void graph_case(int attention_kernel)
 
 TEST(gpu_graph_capture_and_replay_match_direct) { graph_case(ATTN_KERNEL_OWN); }
 TEST(gpu_graph_capture_and_replay_match_direct_cudnn) { graph_case(ATTN_KERNEL_CUDNN); }
+
+/* recompute_blocks = true recomputes every block but the last from its stored input before its
+ * backward: the same kernels on the same values, so losses, rank outputs and every gradient must
+ * equal those of the stored activations to the bit, at full and at a smaller batch. */
+static void recompute_case(const rand_case *rc, uint64_t seed, int attention_kernel)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    gp_err e = {{0}};
+    model_layout l;
+    REQUIRE(make_layout(&l, rc, &e) == 0, "%s", e.msg);
+    float *sparse = gp_xcalloc((size_t)l.sparse_numel, 4), *dense = gp_xcalloc((size_t)l.dense_numel, 4);
+    model_init_params(&l, sparse, dense, seed);
+    batch x;
+    gp_rng r = gp_rng_stream(seed, RNG_PURPOSE_TEST, 91, 0);
+    random_batch(&x, rc, &r);
+    backend_opts stored = {.max_batch = rc->B, .attention_kernel = attention_kernel};
+    backend_opts again = stored;
+    again.recompute_blocks = 1;
+    backend *g0 = backend_cuda_create(&l, &stored, &e), *g1 = backend_cuda_create(&l, &again, &e);
+    REQUIRE(g0 && g1, "%s", e.msg);
+    REQUIRE(g0->set_params(g0, sparse, dense, &e) == 0 && g1->set_params(g1, sparse, dense, &e) == 0, "%s", e.msg);
+    float *s0 = gp_xcalloc((size_t)l.sparse_numel, 4), *d0 = gp_xcalloc((size_t)l.dense_numel, 4);
+    float *s1 = gp_xcalloc((size_t)l.sparse_numel, 4), *d1 = gp_xcalloc((size_t)l.dense_numel, 4);
+    float *p0 = gp_xcalloc((size_t)rc->B, 4), *p1 = gp_xcalloc((size_t)rc->B, 4);
+    const int full = x.B;
+    for (int pass = 0; pass < 2; pass++) {
+        x.B = pass == 0 ? full : (full + 1) / 2;
+        step_losses l0, l1;
+        REQUIRE(g0->forward_backward(g0, &x, 0.5f, &l0, p0, &e) == 0, "%s", e.msg);
+        REQUIRE(g1->forward_backward(g1, &x, 0.5f, &l1, p1, &e) == 0, "%s", e.msg);
+        CHECK(l0.loss == l1.loss && l0.item_loss == l1.item_loss && l0.cate_loss == l1.cate_loss &&
+                  l0.rank_loss == l1.rank_loss,
+              "batch %d: loss %.9g recomputed %.9g", x.B, l0.loss, l1.loss);
+        CHECK(memcmp(p0, p1, (size_t)x.B * 4) == 0, "batch %d: rank outputs differ", x.B);
+        /* gradients accumulate over the two passes in both backends */
+        REQUIRE(g0->get_grads(g0, s0, d0, &e) == 0 && g1->get_grads(g1, s1, d1, &e) == 0, "%s", e.msg);
+        for (int t = 0; t < l.n_tensors; t++) {
+            const tensor_info *ti = &l.tensors[t];
+            const float *a = (ti->arena == ARENA_SPARSE ? s0 : d0) + ti->offset;
+            const float *b = (ti->arena == ARENA_SPARSE ? s1 : d1) + ti->offset;
+            CHECK(memcmp(a, b, (size_t)ti->numel * 4) == 0, "batch %d: gradient of %s differs when recomputed", x.B,
+                  ti->name);
+        }
+    }
+    x.B = full;
+    free(p0);
+    free(p1);
+    free(s0);
+    free(d0);
+    free(s1);
+    free(d1);
+    free(sparse);
+    free(dense);
+    batch_free(&x);
+    backend_destroy(g0);
+    backend_destroy(g1);
+    model_layout_free(&l);
+}
+
+TEST(gpu_recompute_blocks_matches_stored)
+{
+    rand_case pre = {.dim = 64, .layers = 3, .heads = 4, .emb = 0, .S = 30, .B = 24, .N = 64, .causal = 1,
+                     .stage = STAGE_PRETRAIN, .items = 500, .cates = 11};
+    rand_case fin = {.dim = 64, .layers = 3, .heads = 2, .emb = 32, .S = 40, .B = 20, .N = 0, .causal = 0,
+                     .stage = STAGE_FINETUNE, .items = 400, .cates = 9};
+    recompute_case(&pre, 31, ATTN_KERNEL_OWN);
+    recompute_case(&fin, 32, ATTN_KERNEL_OWN);
+    char why[200];
+    cudnn_attn_shape sh = {.n_heads = 4, .head_dim = 16, .max_len = pre.S + 1, .max_seq = pre.B, .causal = 1};
+    if (cudnn_attn_supported(&sh, why, sizeof why))
+        recompute_case(&pre, 33, ATTN_KERNEL_CUDNN);
+    else
+        printf("    (cuDNN attention skipped: %s)\n", why);
+}
