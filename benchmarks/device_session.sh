@@ -6,7 +6,9 @@
 #
 # usage: OUT=DIR bash benchmarks/device_session.sh
 # environment: BENCH_TORCH_BUDGET_S (default 150), SESSION_SKIP_TESTS=1, SESSION_SANITIZE=1 (compute-sanitizer
-# memcheck and racecheck on a subset of the GPU tests), BENCH_SKIP (run_bench.sh)
+# memcheck and racecheck on a subset of the GPU tests), SESSION_PROFILE="L4H64A4 pretrain;L4H64A4 finetune"
+# (benchmarks/profile_step.sh: the kernel-by-kernel time of those steps under ncu), SESSION_SKIP_BENCH=1,
+# BENCH_SKIP (run_bench.sh)
 set -u
 out_root=${OUT:-device_out}
 out=$out_root/session
@@ -46,6 +48,16 @@ if [ "${SESSION_SANITIZE:-0}" = 1 ]; then
   say "racecheck exit $?: $(grep -E 'RACECHECK SUMMARY|passed' "$out/racecheck.log" | tr '\n' ' ')"
   pack
 fi
+if [ -n "${SESSION_PROFILE:-}" ]; then
+  IFS=';' read -ra labels <<< "$SESSION_PROFILE"
+  PROFILE_OUT="$out/profile" timeout ${SESSION_PROFILE_S:-240} bash benchmarks/profile_step.sh "${labels[@]}" \
+    > "$out/profile.log" 2>&1
+  say "profile exit $?"
+  cat "$out/profile.log" | tee -a "$out/session.log"
+  rm -f "$out"/profile/*.ncu-rep
+  pack
+fi
+[ "${SESSION_SKIP_BENCH:-0}" = 1 ] && { cp "$out/session.log" "$out_root/summary.txt"; pack; say "packed"; exit 0; }
 BENCH_OUT="$out/bench" BENCH_TORCH_BUDGET_S=${BENCH_TORCH_BUDGET_S:-150} BENCH_COMMAND="OUT=... bash benchmarks/device_session.sh" \
   timeout ${SESSION_BENCH_S:-320} sh benchmarks/run_bench.sh > "$out/bench.log" 2>&1
 say "bench exit $?"

@@ -126,3 +126,47 @@ TEST(bench_summary_readme_block)
     CHECK(st != 0 && strstr(out, "no <!-- bench:begin -->"), "status %d: %s", st, out);
     free(out);
 }
+
+/* benchmarks/kernel_profile.py on two hand-made ncu captures (tests/kernel_profile/: set-up kernels
+ * in both, 2 and 4 steps of k_a x2 + gemm_b x1): one step's kernels are the difference over 2 steps,
+ * the raw page (µs, a units row) and the details page (ns with thousands separators) agree. */
+TEST(kernel_profile_step_difference)
+{
+    char cmd[1024], *out = NULL;
+    snprintf(cmd, sizeof cmd,
+             "python3 benchmarks/kernel_profile.py tests/kernel_profile/short_raw.csv 1 tests/kernel_profile/long_raw.csv 3 "
+             "--step-ms 0.2");
+    int st = test_run_capture(cmd, &out);
+    REQUIRE(st == 0, "kernel_profile.py exited %d:\n%s", st, out);
+    /* k_a: (81 - 40) / 2 = 20.5 µs; gemm_b: (402 - 202) / 2 = 100; init_params and graph_warm cancel */
+    CHECK(strstr(out, "| gemm_b | 1 | 100.0 | 83.0% |") && strstr(out, "| k_a | 2 | 20.5 | 17.0% |"), "%s", out);
+    CHECK(!strstr(out, "init_params") && !strstr(out, "graph_warm"), "once-per-process kernels counted:\n%s", out);
+    CHECK(strstr(out, "in 3 launches; step wall time 0.200 ms, 0.080 ms outside kernels (39.8%)"), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "python3 benchmarks/kernel_profile.py tests/kernel_profile/short_raw.csv 1 tests/kernel_profile/long_details.csv 3 "
+             "--top 1");
+    st = test_run_capture(cmd, &out);
+    REQUIRE(st == 0, "kernel_profile.py (details page) exited %d:\n%s", st, out);
+    CHECK(strstr(out, "| gemm_b | 1 | 100.0 | 83.0% |") && strstr(out, "| 1 other kernels | 2 | 20.5 | 17.0% |"), "%s", out);
+    free(out);
+}
+
+TEST(kernel_profile_rejects_bad_input)
+{
+    char path[700], cmd[1400], *out = NULL;
+    int st = test_run_capture("python3 benchmarks/kernel_profile.py tests/kernel_profile/short_raw.csv 3 "
+                              "tests/kernel_profile/long_raw.csv 3 2>&1", &out);
+    CHECK(st != 0 && strstr(out, "0 <= S1 < S2"), "equal step counts accepted (%d):\n%s", st, out);
+    free(out);
+    snprintf(path, sizeof path, "%s/truncated.csv", test_tmp_dir());
+    FILE *f = fopen(path, "w");
+    REQUIRE(f, "cannot write %s", path);
+    fprintf(f, "\"ID\",\"Kernel Name\",\"gpu__time_duration.sum\"\n\"\",\"\",\"nsecond\"\n\"0\",\"k_a\",\"12\"\n\"1\",\"k_a\"\n");
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "python3 benchmarks/kernel_profile.py %s 1 tests/kernel_profile/long_raw.csv 3 2>&1", path);
+    st = test_run_capture(cmd, &out);
+    CHECK(st != 0 && strstr(out, "truncated.csv: line 4: 2 fields, the header has 3"), "truncated row accepted (%d):\n%s", st,
+          out);
+    free(out);
+}
