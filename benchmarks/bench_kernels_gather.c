@@ -133,12 +133,13 @@ static void l_scatter(void *p, int i)
 static void gather_scatter_case(int64_t R, int E, int64_t V, const char *what)
 {
     int do_gather = bk_want("gather_rows"), do_scatter = bk_want("scatter_add_rows");
-    if (!do_gather && !do_scatter)
+    int do_l2rows = bk_want("l2norm_fwd_rows") && strcmp(what, "negatives") == 0;
+    if (!do_gather && !do_scatter && !do_l2rows)
         return;
     gather_ctx c = {.R = R, .V = V, .E = E};
     const double RE = (double)R * E;
     c.table = bk_rand_f32(V * E, 0.02f);
-    int n = bk_sets(4 * RE + 4.0 * R);
+    int n = bk_sets(4 * RE + 4.0 * R + (do_l2rows ? 10 * RE + 8.0 * R : 0));
     int64_t distinct = 0;
     for (int i = 0; i < n; i++) {
         int32_t *h = bk_host_ids(R, 0, V);
@@ -156,7 +157,7 @@ static void gather_scatter_case(int64_t R, int E, int64_t V, const char *what)
         bk_meas m = {"gather_rows", sh, "ours", "k_gather_rows", bytes, 0, 0, 4 * RE + 4.0 * R, "fp32 out"};
         bk_report(&m, &t, bk_finite_f32(c.rows[0], c.R * E));
     }
-    if (bk_want("l2norm_fwd_rows") && strcmp(what, "negatives") == 0) {
+    if (do_l2rows) {
         for (int i = 0; i < n; i++) {
             c.out16[i] = bk_alloc((size_t)RE * 2);
             c.norm[i] = bk_alloc((size_t)R * 4);

@@ -445,7 +445,8 @@ TEST(gpu_graph_capture_and_replay_match_direct_cudnn) { graph_case(ATTN_KERNEL_C
 
 /* recompute_blocks = true recomputes every block but the last from its stored input before its
  * backward: the same kernels on the same values, so losses, rank outputs and every gradient must
- * equal those of the stored activations to the bit, at full and at a smaller batch. */
+ * equal those of the stored activations to the bit: the full batch launched directly, captured
+ * into a CUDA graph (its second time in a row) and replayed (its third), then a smaller batch. */
 static void recompute_case(const rand_case *rc, uint64_t seed, int attention_kernel)
 {
     REQUIRE(gpu_present(), "no GPU");
@@ -467,8 +468,8 @@ static void recompute_case(const rand_case *rc, uint64_t seed, int attention_ker
     float *s1 = gp_xcalloc((size_t)l.sparse_numel, 4), *d1 = gp_xcalloc((size_t)l.dense_numel, 4);
     float *p0 = gp_xcalloc((size_t)rc->B, 4), *p1 = gp_xcalloc((size_t)rc->B, 4);
     const int full = x.B;
-    for (int pass = 0; pass < 2; pass++) {
-        x.B = pass == 0 ? full : (full + 1) / 2;
+    for (int pass = 0; pass < 4; pass++) {
+        x.B = pass < 3 ? full : (full + 1) / 2;
         step_losses l0, l1;
         REQUIRE(g0->forward_backward(g0, &x, 0.5f, &l0, p0, &e) == 0, "%s", e.msg);
         REQUIRE(g1->forward_backward(g1, &x, 0.5f, &l1, p1, &e) == 0, "%s", e.msg);
