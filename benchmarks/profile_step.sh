@@ -24,6 +24,7 @@ for label in "$@"; do
   set -- $line
   name=$1 stage=$2
   args="--items $8 --set stage=$2 --set n_layers=$3 --set dim=$4 --set n_heads=$5 --set max_history=$6"
+  # --ceiling-tflops 1 skips measuring the GEMM ceiling: the MFU in $tag.wall.txt means nothing, only ms/step is used
   args="$args --set batch_size=$7 --set freeze_sparse=${10} --ceiling-tflops 1"
   [ "$9" -gt 0 ] && args="$args --set n_negatives=$9"
   tag=${name}_${stage}
