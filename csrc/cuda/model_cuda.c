@@ -1,6 +1,7 @@
 #include "cuda/model_cuda.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -715,8 +716,66 @@ typedef struct {
     int64_t n_item, n_cate, n_rank; /* what each loss part is averaged over (global counts in a data-parallel run) */
 } batch_shape;
 
+typedef struct {
+    int64_t P_item, P_cate, rank_count;
+} pack_counts;
+
+/* One sequence's token and label slots of the metadata block, starting at token row T. Writes
+ * only that sequence's rows, so sequences pack in parallel; e may be NULL (no message). */
+static int pack_sequence(cuda_model *m, const batch *x, int b, int T, pack_counts *cnt, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const int S = m->S, n = x->hist_len[b];
+    cu_meta *h = &m->mh;
+    h->seq_off[b] = T;
+    h->seq_len[b] = n + 1;
+    for (int t = 0; t <= n; t++) {
+        int32_t item = t < n ? x->hist_item[(size_t)b * S + t] : x->target_item[b];
+        int32_t cate = t < n ? x->hist_cate[(size_t)b * S + t] : x->target_cate[b];
+        if (item < 0 || item >= c->n_items)
+            return gp_fail(e, "sequence %d position %d: item id %d outside [0, %lld)", b, t, item,
+                           (long long)c->n_items);
+        if (cate < 0 || cate >= c->n_cates)
+            return gp_fail(e, "sequence %d position %d: category id %d outside [0, %lld)", b, t, cate,
+                           (long long)c->n_cates);
+        h->tok_item[T + t] = item;
+        h->tok_cate[T + t] = cate;
+        h->tok_seg[T + t] = t == n;
+        h->tok_pos[T + t] = t;
+    }
+    for (int k = 0; k < S; k++) {
+        size_t r = (size_t)b * S + k;
+        int32_t yi = x->item_label[r], yc = x->cate_label[r];
+        if ((yi != LABEL_IGNORE || yc != LABEL_IGNORE) && k >= n)
+            return gp_fail(e, "sequence %d: label at position %d beyond its history of %d", b, k, n);
+        if (yi != LABEL_IGNORE && (yi < 0 || yi >= c->n_items))
+            return gp_fail(e, "sequence %d position %d: item label %d outside [0, %lld)", b, k, yi,
+                           (long long)c->n_items);
+        if (yc != LABEL_IGNORE && (yc < 0 || yc >= c->n_cates))
+            return gp_fail(e, "sequence %d position %d: category label %d outside [0, %lld)", b, k, yc,
+                           (long long)c->n_cates);
+        h->src_rows[r] = T + (k < n ? k : 0);
+        /* Padded slots scatter their (zero) gradients into their own scratch rows after the
+         * T real rows, so every destination row is distinct. */
+        h->dst_rows[r] = k < n ? T + k : m->T + (int32_t)r;
+        h->item_lab[r] = yi;
+        h->cate_lab[r] = yc;
+        h->lab_ids[r] = yi == LABEL_IGNORE ? 0 : yi;
+        cnt->P_item += yi != LABEL_IGNORE;
+        cnt->P_cate += yc != LABEL_IGNORE;
+    }
+    h->rank_rows[b] = T + n;
+    h->query_rows[b] = T + n - 1;
+    h->target_item[b] = x->target_item[b];
+    h->click[b] = x->click[b];
+    cnt->rank_count += x->click[b] == 0 || x->click[b] == 1;
+    return 0;
+}
+
 /* Packs the batch's metadata into the pinned host block (validating every id); the step copies
- * it to the device in one transfer. */
+ * it to the device in one transfer. The GPU waits while this runs (the step's input is this
+ * block), so sequences and negatives are packed by opts.threads OpenMP threads; a bad id is
+ * reported as the serial scan would, for the first bad sequence or negative. */
 static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shape *bs, gp_err *e)
 {
     const model_config *c = &m->c;
@@ -729,55 +788,33 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
         return gp_fail(e, "batch has %d negatives per sequence, the model %d", x->N, c->n_negatives);
     cu_meta *h = &m->mh;
     int T = 0;
-    bs->P_item = bs->P_cate = bs->rank_count = 0;
     for (int b = 0; b < x->B; b++) {
         int n = x->hist_len[b];
         if (n < 1 || n > S)
             return gp_fail(e, "sequence %d: history length %d outside [1, %d]", b, n, S);
         h->seq_off[b] = T;
-        h->seq_len[b] = n + 1;
-        for (int t = 0; t <= n; t++) {
-            int32_t item = t < n ? x->hist_item[(size_t)b * S + t] : x->target_item[b];
-            int32_t cate = t < n ? x->hist_cate[(size_t)b * S + t] : x->target_cate[b];
-            if (item < 0 || item >= c->n_items)
-                return gp_fail(e, "sequence %d position %d: item id %d outside [0, %lld)", b, t, item,
-                               (long long)c->n_items);
-            if (cate < 0 || cate >= c->n_cates)
-                return gp_fail(e, "sequence %d position %d: category id %d outside [0, %lld)", b, t, cate,
-                               (long long)c->n_cates);
-            h->tok_item[T + t] = item;
-            h->tok_cate[T + t] = cate;
-            h->tok_seg[T + t] = t == n;
-            h->tok_pos[T + t] = t;
-        }
-        for (int k = 0; k < S; k++) {
-            size_t r = (size_t)b * S + k;
-            int32_t yi = x->item_label[r], yc = x->cate_label[r];
-            if ((yi != LABEL_IGNORE || yc != LABEL_IGNORE) && k >= n)
-                return gp_fail(e, "sequence %d: label at position %d beyond its history of %d", b, k, n);
-            if (yi != LABEL_IGNORE && (yi < 0 || yi >= c->n_items))
-                return gp_fail(e, "sequence %d position %d: item label %d outside [0, %lld)", b, k, yi,
-                               (long long)c->n_items);
-            if (yc != LABEL_IGNORE && (yc < 0 || yc >= c->n_cates))
-                return gp_fail(e, "sequence %d position %d: category label %d outside [0, %lld)", b, k, yc,
-                               (long long)c->n_cates);
-            h->src_rows[r] = T + (k < n ? k : 0);
-            /* Padded slots scatter their (zero) gradients into their own scratch rows after the
-             * T real rows, so every destination row is distinct. */
-            h->dst_rows[r] = k < n ? T + k : m->T + (int32_t)r;
-            h->item_lab[r] = yi;
-            h->cate_lab[r] = yc;
-            h->lab_ids[r] = yi == LABEL_IGNORE ? 0 : yi;
-            bs->P_item += yi != LABEL_IGNORE;
-            bs->P_cate += yc != LABEL_IGNORE;
-        }
-        h->rank_rows[b] = T + n;
-        h->query_rows[b] = T + n - 1;
-        h->target_item[b] = x->target_item[b];
-        h->click[b] = x->click[b];
-        bs->rank_count += x->click[b] == 0 || x->click[b] == 1;
         T += n + 1;
     }
+    const int threads = m->opts.threads > 0 ? m->opts.threads : omp_get_max_threads();
+    int64_t P_item = 0, P_cate = 0, rank_count = 0;
+    int first_bad = x->B;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : P_item, P_cate, rank_count) \
+    reduction(min : first_bad)
+    for (int b = 0; b < x->B; b++) {
+        pack_counts cnt = {0, 0, 0};
+        if (pack_sequence(m, x, b, h->seq_off[b], &cnt, NULL) != 0 && b < first_bad)
+            first_bad = b;
+        P_item += cnt.P_item;
+        P_cate += cnt.P_cate;
+        rank_count += cnt.rank_count;
+    }
+    if (first_bad < x->B) {
+        pack_counts cnt = {0, 0, 0};
+        return pack_sequence(m, x, first_bad, h->seq_off[first_bad], &cnt, e);
+    }
+    bs->P_item = (int)P_item;
+    bs->P_cate = (int)P_cate;
+    bs->rank_count = (int)rank_count;
     for (int b = 0; b <= x->B; b++) {
         int64_t off = b < x->B ? h->seq_off[b] : T;
         h->ragged_qkv[b] = (int32_t)(off * 3 * m->D);
@@ -791,14 +828,21 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
         h->lab_ids[r] = 0;
     }
     if (need_item) {
-        for (int64_t i = 0; i < (int64_t)x->B * N; i++) {
+        const int64_t BN = (int64_t)x->B * N;
+        const int32_t n_items = (int32_t)c->n_items;
+        int bad = 0;
+        /* branch-free, so it vectorises: 2M ids per L4H64A4 step */
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : bad)
+        for (int64_t i = 0; i < BN; i++) {
             int32_t id = x->negatives[i];
-            if (id < -c->n_items || id >= c->n_items)
-                return gp_fail(e, "sequence %lld: negative id %d outside [-%lld, %lld)", (long long)(i / N), id,
-                               (long long)c->n_items, (long long)c->n_items);
+            bad |= (id < -n_items) | (id >= n_items);
             h->neg_raw[i] = id;
-            h->neg_row[i] = id < 0 ? (int32_t)(id + c->n_items) : id;
+            h->neg_row[i] = id < 0 ? id + n_items : id;
         }
+        for (int64_t i = 0; bad && i < BN; i++)
+            if (x->negatives[i] < -n_items || x->negatives[i] >= n_items)
+                return gp_fail(e, "sequence %lld: negative id %d outside [-%lld, %lld)", (long long)(i / N),
+                               x->negatives[i], (long long)c->n_items, (long long)c->n_items);
     }
     bs->T = T;
     bs->n_item = batch_norm_or(x->norm_item, bs->P_item);

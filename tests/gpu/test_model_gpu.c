@@ -517,3 +517,86 @@ TEST(gpu_recompute_blocks_matches_stored)
     else
         printf("    (cuDNN attention skipped: %s)\n", why);
 }
+
+/* The batch metadata is packed by several host threads: one thread and seven (not a divisor of
+ * the batch) must give the same losses and gradients to the bit, a bad id must be reported for
+ * the first bad sequence with its value whatever the thread count, and a good batch after a
+ * refused one must train as if nothing had happened. */
+TEST(gpu_batch_packing_threads_and_bad_ids)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    rand_case rc = {.dim = 32, .layers = 1, .heads = 2, .emb = 0, .S = 12, .B = 37, .N = 40, .causal = 1,
+                    .stage = STAGE_PRETRAIN, .items = 200, .cates = 7};
+    gp_err e = {{0}};
+    model_layout l;
+    REQUIRE(make_layout(&l, &rc, &e) == 0, "%s", e.msg);
+    float *sparse = gp_xcalloc((size_t)l.sparse_numel, 4), *dense = gp_xcalloc((size_t)l.dense_numel, 4);
+    model_init_params(&l, sparse, dense, 5);
+    batch x;
+    gp_rng r = gp_rng_stream(5, RNG_PURPOSE_TEST, 93, 0);
+    random_batch(&x, &rc, &r);
+    backend_opts one = {.max_batch = rc.B, .attention_kernel = ATTN_KERNEL_OWN, .threads = 1};
+    backend_opts seven = one;
+    seven.threads = 7;
+    backend *g1 = backend_cuda_create(&l, &one, &e), *g7 = backend_cuda_create(&l, &seven, &e);
+    REQUIRE(g1 && g7, "%s", e.msg);
+    REQUIRE(g1->set_params(g1, sparse, dense, &e) == 0 && g7->set_params(g7, sparse, dense, &e) == 0, "%s", e.msg);
+    step_losses l1, l7;
+    REQUIRE(g1->forward_backward(g1, &x, 1.0f, &l1, NULL, &e) == 0, "%s", e.msg);
+    REQUIRE(g7->forward_backward(g7, &x, 1.0f, &l7, NULL, &e) == 0, "%s", e.msg);
+    CHECK(l1.loss == l7.loss && l1.item_count == l7.item_count && l1.cate_count == l7.cate_count,
+          "loss %.9g with one thread, %.9g with seven", l1.loss, l7.loss);
+    float *a = gp_xcalloc((size_t)l.dense_numel, 4), *b = gp_xcalloc((size_t)l.dense_numel, 4);
+    REQUIRE(g1->get_grads(g1, NULL, a, &e) == 0 && g7->get_grads(g7, NULL, b, &e) == 0, "%s", e.msg);
+    CHECK(memcmp(a, b, (size_t)l.dense_numel * 4) == 0, "gradients differ between one and seven packing threads");
+
+    struct {
+        int32_t *slot, bad;
+        const char *want;
+    } cases[] = {
+        {&x.hist_item[5 * rc.S + 0], 200, "sequence 5 position 0: item id 200 outside"},
+        {&x.hist_cate[9 * rc.S + 0], -1, "sequence 9 position 0: category id -1 outside"},
+        {&x.item_label[11 * rc.S + 0], 999, "sequence 11 position 0: item label 999 outside"},
+        {&x.negatives[30 * rc.N + 3], 200, "sequence 30: negative id 200 outside"},
+    };
+    int32_t *later = &x.hist_item[33 * rc.S]; /* a second bad id further on: the first is named */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t keep = *cases[i].slot, keep_later = *later;
+        *cases[i].slot = cases[i].bad;
+        *later = -5;
+        for (int t = 0; t < 2; t++) {
+            backend *g = t ? g7 : g1;
+            gp_err be = {{0}};
+            step_losses ls;
+            int rc_step = g->forward_backward(g, &x, 1.0f, &ls, NULL, &be);
+            int sequence_30_case = i == 3; /* negatives are checked after every sequence */
+            CHECK(rc_step != 0, "bad id %d accepted", cases[i].bad);
+            if (sequence_30_case)
+                CHECK(strstr(be.msg, "sequence 33 position 0: item id -5") != NULL, "message: %s", be.msg);
+            else
+                CHECK(strstr(be.msg, cases[i].want) != NULL, "message '%s', expected '%s'", be.msg, cases[i].want);
+        }
+        *later = keep_later;
+        if (i == 3) { /* alone, the bad negative is named */
+            gp_err be = {{0}};
+            step_losses ls;
+            CHECK(g7->forward_backward(g7, &x, 1.0f, &ls, NULL, &be) != 0 && strstr(be.msg, cases[i].want) != NULL,
+                  "message '%s', expected '%s'", be.msg, cases[i].want);
+        }
+        *cases[i].slot = keep;
+    }
+    /* the refused batches left nothing behind: gradients reset, the good batch gives the same */
+    REQUIRE(g7->zero_grads(g7, &e) == 0, "%s", e.msg);
+    REQUIRE(g7->forward_backward(g7, &x, 1.0f, &l7, NULL, &e) == 0, "%s", e.msg);
+    REQUIRE(g7->get_grads(g7, NULL, b, &e) == 0, "%s", e.msg);
+    CHECK(l7.loss == l1.loss, "loss after refused batches %.9g, before %.9g", l7.loss, l1.loss);
+    CHECK(memcmp(a, b, (size_t)l.dense_numel * 4) == 0, "gradients after refused batches differ");
+    free(a);
+    free(b);
+    free(sparse);
+    free(dense);
+    batch_free(&x);
+    backend_destroy(g1);
+    backend_destroy(g7);
+    model_layout_free(&l);
+}
