@@ -483,6 +483,78 @@ TEST(sweep_parallel_gpus_deadline_resume)
     CHECK(a == auc[1][1], "ST&SF after pretraining again: %.9g, before %.9g", a, auc[1][1]);
 }
 
+/* A finished run with AUC 0.5 on train and on test (a model that gives every sample one
+ * probability) is marked collapsed: kept in the table, named in the report, out of the fits. A run
+ * at 0.5 on test alone (it learned its training samples) stays a point of the curve. */
+static void set_aucs(const char *result_path, double test_auc, double train_auc)
+{
+    char cmd[3000], *o;
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['test_auc']=%g; d['train_auc']=%g; "
+             "json.dump(d, open(p, 'w'))\" %s",
+             test_auc, train_auc, result_path);
+    int st = sh(cmd, &o);
+    CHECK(st == 0, "editing %s: %s", result_path, o);
+    free(o);
+}
+
+static const json_value *fit_of(const json_value *fits, const char *strategy, const char *metric)
+{
+    for (int i = 0; fits && i < fits->n; i++)
+        if (strcmp(str_of(&fits->items[i], "strategy"), strategy) == 0 &&
+            strcmp(str_of(&fits->items[i], "metric"), metric) == 0)
+            return &fits->items[i];
+    return NULL;
+}
+
+TEST(sweep_marks_collapsed_runs)
+{
+    char out[700], path[1200], cmd[2000], *o;
+    snprintf(out, sizeof out, "%s/sweep_collapse", test_tmp_dir());
+    int st = run_sweep(out, "--sizes L1H8A2,L1H16A2,L2H16A2 --strategies nt --seeds 1 --budget-epochs 1 " SWEEP_EXTRA, &o);
+    REQUIRE(st == 0, "sweep exited %d:\n%s", st, o);
+    CHECK(!strstr(o, "collapsed"), "a run of the tiny sweep is marked collapsed:\n%s", o);
+    free(o);
+
+    /* L1H16A2 collapsed on both splits; L2H16A2 at chance on test only */
+    snprintf(path, sizeof path, "%s/runs/L1H16A2/seed1/nt/result.json", out);
+    set_aucs(path, 0.5, 0.5005);
+    snprintf(path, sizeof path, "%s/runs/L2H16A2/seed1/nt/result.json", out);
+    set_aucs(path, 0.5, 0.71);
+    snprintf(cmd, sizeof cmd, "python3 tools/sweep.py --report-only --no-plots --out %s", out);
+    st = sh(cmd, &o);
+    REQUIRE(st == 0, "report exited %d:\n%s", st, o);
+    CHECK(count_substr(o, "collapsed: ") == 1 && strstr(o, "collapsed: L1H16A2 seed 1 NT: AUC 0.5000 on test and 0.5005"),
+          "%s", o);
+    CHECK(strstr(o, "3 runs (3 finished)"), "a collapsed run is still a finished one:\n%s", o);
+    free(o);
+
+    json_doc doc;
+    snprintf(path, sizeof path, "%s/sweep.json", out);
+    REQUIRE(load_json(path, &doc) == 0, "cannot parse %s", path);
+    const json_value *rows = json_get(doc.root, "rows");
+    CHECK(strcmp(str_of(find_row(rows, "L1H16A2", "NT"), "status"), "collapsed") == 0, "L1H16A2 not collapsed");
+    CHECK(strcmp(str_of(find_row(rows, "L2H16A2", "NT"), "status"), "done") == 0, "L2H16A2 (0.71 on train) marked");
+    CHECK(strcmp(str_of(find_row(rows, "L1H8A2", "NT"), "status"), "done") == 0, "L1H8A2 marked");
+    CHECK(num_of(json_get(doc.root, "totals"), "collapsed") == 1, "totals.collapsed is not 1");
+    json_free(&doc);
+
+    snprintf(path, sizeof path, "%s/fits.json", out);
+    REQUIRE(load_json(path, &doc) == 0, "cannot parse %s", path);
+    const json_value *auc_fit = fit_of(json_get(doc.root, "fits"), "NT", "auc");
+    CHECK(auc_fit && num_of(auc_fit, "points") == 2, "the NT fit should use the 2 uncollapsed points, has %g",
+          auc_fit ? num_of(auc_fit, "points") : -1.0);
+    json_free(&doc);
+
+    snprintf(path, sizeof path, "%s/sweep.csv", out);
+    char *csv;
+    size_t len;
+    gp_err e;
+    REQUIRE(gp_read_file(path, &csv, &len, &e) == 0, "%s", e.msg);
+    CHECK(count_substr(csv, ",collapsed,") == 1, "sweep.csv:\n%s", csv);
+    free(csv);
+}
+
 TEST(sweep_fit_self_test)
 {
     char *o;

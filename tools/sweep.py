@@ -979,6 +979,19 @@ def num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+# A finished finetuning whose AUC is 0.5 on the train split as well as on test has learned nothing
+# it can rank by: the model gives (nearly) one probability to every sample, as a from-scratch model
+# does when a step past the warmup drives its rank head to a constant. Such a point says the run
+# failed, not how AUC scales with N, so it stays in the table and the plots, marked, and out of the
+# fits. The train split decides: a model that learned anything ranks its own training samples.
+COLLAPSE_AUC_TOLERANCE = 0.002
+
+
+def is_collapsed(test_auc, train_auc):
+    return (test_auc is not None and train_auc is not None
+            and abs(test_auc - 0.5) < COLLAPSE_AUC_TOLERANCE and abs(train_auc - 0.5) < COLLAPSE_AUC_TOLERANCE)
+
+
 def gather(out, bin_path):
     """Every finetuning run under out/runs, one row each, plus one entry per pretraining run."""
     rows, pretrains = [], []
@@ -1017,6 +1030,8 @@ def gather(out, bin_path):
                 wall = wall_of(res, state) if st == "done" else state.get("wall_s")
                 gh, backend, gpus = gpu_hours(wall, state)
                 test_auc, train_auc = num(res.get("test_auc")), num(res.get("train_auc"))
+                if st == "done" and is_collapsed(test_auc, train_auc):
+                    st = "collapsed"
                 uses_pre = STRATEGIES[key][1] and pre is not None
                 rows.append({
                     "size": size["name"], "n_layers": size["n_layers"], "dim": size["dim"],
@@ -1051,7 +1066,9 @@ def csv_value(v):
 
 def write_table(out, rows, pretrains, command, schedule=None):
     totals = {"runs": len(rows) + len(pretrains),
-              "finished": sum(r["status"] == "done" for r in rows) + sum(p["status"] == "done" for p in pretrains)}
+              "finished": sum(r["status"] in ("done", "collapsed") for r in rows)
+              + sum(p["status"] == "done" for p in pretrains),
+              "collapsed": sum(r["status"] == "collapsed" for r in rows)}
     walls = [r["wall_s"] for r in rows + pretrains if r["wall_s"] is not None]
     ghs = [r["gpu_hours"] for r in rows + pretrains if r["gpu_hours"] is not None]
     totals["wall_s"] = sum(walls)
@@ -1537,6 +1554,12 @@ def report(d, opts, command, schedule):
     rows, pretrains = gather(out, d.args.bin)
     totals = write_table(out, rows, pretrains, command, schedule)
     print_table(rows, totals)
+    for r in rows:
+        if r["status"] == "collapsed":
+            print("collapsed: %s seed %d %s: AUC %.4f on test and %.4f on train, logloss %.4f: the model gives one "
+                  "probability to every sample; kept in the table and plots, left out of the fits" % (
+                      r["size"], r["seed"], r["strategy"], r["test_auc"], r["train_auc"],
+                      r["test_logloss"] if r["test_logloss"] is not None else float("nan")))
     print("table: %s, %s" % (os.path.join(out, "sweep.csv"), os.path.join(out, "sweep.json")))
 
     fits = sweep_fit.fit_table(rows)

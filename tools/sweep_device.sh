@@ -152,7 +152,7 @@ total_s=$(since "$T0")
     echo "## $ds"
     echo
     echo '```'
-    python3 tools/sweep.py --report-only --no-plots --out "$work/$ds" 2>&1 | sed -n '/^size /,/^total:/p'
+    python3 tools/sweep.py --report-only --no-plots --out "$work/$ds" 2>&1 | sed -n '/^size /,/^total:/p; /^collapsed:/p'
     echo '```'
     echo
     cat "$work/$ds/fits.md" 2>/dev/null

@@ -42,18 +42,24 @@ def _panel(ax, rows, fits, metric):
     for r in rows:
         if r["strategy"] not in strategies:
             strategies.append(r["strategy"])
-    ns_all = [r["params_N"] for r in rows if r.get("status") == "done" and r.get(col) is not None]
+    shown = ("done", "collapsed")
+    ns_all = [r["params_N"] for r in rows if r.get("status") in shown and r.get(col) is not None]
     if not ns_all:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
         return
     lo, hi = min(ns_all) / 1.6, max(ns_all) * 1.6
-    ys_all = [r[col] for r in rows if r.get("status") == "done" and r.get(col) is not None]
+    ys_all = [r[col] for r in rows if r.get("status") in shown and r.get(col) is not None]
     y_lo, y_hi = min(ys_all), max(ys_all)
     span = max(y_hi - y_lo, 1e-3)
     for strat in strategies:
         color = COLORS.get(strat, "black")
         pts = [(r["params_N"], r[col]) for r in rows
                if r["strategy"] == strat and r.get("status") == "done" and r.get(col) is not None]
+        dead = [(r["params_N"], r[col]) for r in rows
+                if r["strategy"] == strat and r.get("status") == "collapsed" and r.get(col) is not None]
+        if dead:
+            ax.scatter([p[0] for p in dead], [p[1] for p in dead], color=color, marker="x", s=36, zorder=3,
+                       label="%s collapsed (AUC 0.5 on train and test; not fitted)" % strat)
         if not pts:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, marker=MARKERS.get(strat, "o"),
@@ -83,7 +89,8 @@ def _panel(ax, rows, fits, metric):
     ax.set_xlabel("dense parameters of the transformer blocks N")
     ax.set_ylabel(LABEL[metric])
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="lower right" if metric == "auc" else "upper right")
+    # "best" keeps the legend off the points; a fixed corner covered NT's large sizes on beauty
+    ax.legend(fontsize=7, loc="best")
 
 
 def plot(rows, fits, out_dir):
