@@ -79,13 +79,19 @@ static long long expected_block_params(long long layers, long long dim)
     return layers * (4 * dim * dim + 3 * ffn * dim + 2 * dim);
 }
 
+/* The first object of array arr whose string members k1 and k2 are v1 and v2. */
+static const json_value *find_item(const json_value *arr, const char *k1, const char *v1, const char *k2,
+                                   const char *v2)
+{
+    for (int i = 0; arr && i < arr->n; i++)
+        if (strcmp(str_of(&arr->items[i], k1), v1) == 0 && strcmp(str_of(&arr->items[i], k2), v2) == 0)
+            return &arr->items[i];
+    return NULL;
+}
+
 static const json_value *find_row(const json_value *rows, const char *size, const char *strategy)
 {
-    for (int i = 0; rows && i < rows->n; i++)
-        if (strcmp(str_of(&rows->items[i], "size"), size) == 0 &&
-            strcmp(str_of(&rows->items[i], "strategy"), strategy) == 0)
-            return &rows->items[i];
-    return NULL;
+    return find_item(rows, "size", size, "strategy", strategy);
 }
 
 static long long mtime_ns(const char *path)
@@ -498,15 +504,6 @@ static void set_aucs(const char *result_path, double test_auc, double train_auc)
     free(o);
 }
 
-static const json_value *fit_of(const json_value *fits, const char *strategy, const char *metric)
-{
-    for (int i = 0; fits && i < fits->n; i++)
-        if (strcmp(str_of(&fits->items[i], "strategy"), strategy) == 0 &&
-            strcmp(str_of(&fits->items[i], "metric"), metric) == 0)
-            return &fits->items[i];
-    return NULL;
-}
-
 TEST(sweep_marks_collapsed_runs)
 {
     char out[700], path[1200], cmd[2000], *o;
@@ -541,7 +538,7 @@ TEST(sweep_marks_collapsed_runs)
 
     snprintf(path, sizeof path, "%s/fits.json", out);
     REQUIRE(load_json(path, &doc) == 0, "cannot parse %s", path);
-    const json_value *auc_fit = fit_of(json_get(doc.root, "fits"), "NT", "auc");
+    const json_value *auc_fit = find_item(json_get(doc.root, "fits"), "strategy", "NT", "metric", "auc");
     CHECK(auc_fit && num_of(auc_fit, "points") == 2, "the NT fit should use the 2 uncollapsed points, has %g",
           auc_fit ? num_of(auc_fit, "points") : -1.0);
     json_free(&doc);
