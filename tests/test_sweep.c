@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "dataset.h"
 #include "json.h"
@@ -241,13 +242,19 @@ TEST(sweep_budget_file_and_time_cap)
                        "#@ probe_steps = 7\n"
                        "#@ time_cap = 0.001\n"
                        "#@ L1H8A2.warmup_steps = 9\n"
-                       "#@ L4H64A4.warmup_steps = 11\n";
+                       "#@ L4H64A4.warmup_steps = 11\n"
+                       "#@ L1H8A2.finetune.min_lr = 1e-5\n"  /* nt.conf sets it again: a warning */
+                       "#@ nt.finetune.weight_decay = 0.03\n"
+                       "#@ L1H8A2.nt.finetune.lr = 3e-3\n"
+                       "#@ L4H64A4.nt.finetune.lr = 4e-3\n";
     gp_err e;
     REQUIRE(gp_write_atomic(budget, text, strlen(text), &e) == 0);
     snprintf(opts, sizeof opts, "--sizes L1H8A2 --strategies nt,stsf --budget %s -- --threads 1", budget);
     int st = run_sweep(out, opts, &o);
     REQUIRE(st == 0, "sweep exited %d:\n%s", st, o);
     CHECK(count_substr(o, "capped at 7 steps") == 3, "all three runs capped:\n%s", o);
+    CHECK(count_substr(o, "does not reach NT") == 1 && strstr(o, "budget.conf:10") &&
+              strstr(o, "#@ L1H8A2.nt.finetune.min_lr = 1e-5"), "one warning for the shadowed line:\n%s", o);
     free(o);
     json_doc doc;
     snprintf(path, sizeof path, "%s/sweep.json", out);
@@ -273,12 +280,22 @@ TEST(sweep_budget_file_and_time_cap)
     snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/nt/settings.conf", out);
     REQUIRE(gp_read_file(path, &conf, &len, &e) == 0, "%s", e.msg);
     CHECK(strstr(conf, "\nwarmup_steps         = 9 ") && strstr(conf, "\nepochs               = 3 "), "%s", conf);
-    CHECK(strstr(conf, "\nlr                   = 0.005 ") && strstr(conf, "\nmax_steps            = 7 "),
-          "NT keeps its own lr; the cap sets max_steps:\n%s", conf);
+    CHECK(strstr(conf, "\nlr                   = 0.003 ") && strstr(conf, "\nmax_steps            = 7 ") &&
+              strstr(conf, "\nmin_lr               = 0.0005 ") && strstr(conf, "\nweight_decay         = 0.03 "),
+          "NT: its own min_lr over the size-scoped one, the strategy-scoped lr and weight decay over its "
+          "own, the cap's max_steps:\n%s", conf);
     free(conf);
     snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/stsf/settings.conf", out);
     REQUIRE(gp_read_file(path, &conf, &len, &e) == 0, "%s", e.msg);
-    CHECK(strstr(conf, "\nlr                   = 0.002 "), "ST&SF takes the budget's lr:\n%s", conf);
+    CHECK(strstr(conf, "\nlr                   = 0.002 ") && strstr(conf, "\nmin_lr               = 1e-05 ") &&
+              !strstr(conf, "= 0.03 "), "ST&SF takes the budget's lr and size-scoped min_lr, not NT's:\n%s", conf);
+    free(conf);
+    snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/stsf/sweep_budget_strategy.conf", out);
+    CHECK(access(path, F_OK) != 0, "ST&SF has no strategy-scoped settings, so no %s", path);
+    snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/nt/sweep_budget_strategy.conf", out);
+    REQUIRE(gp_read_file(path, &conf, &len, &e) == 0, "%s", e.msg);
+    CHECK(strstr(conf, "finetune.weight_decay = 0.03") && strstr(conf, "finetune.lr = 3e-3") && !strstr(conf, "4e-3"),
+          "%s", conf);
     free(conf);
     /* Only the size's own #@ settings reach its runs. */
     snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/stsf/sweep_budget.conf", out);
@@ -317,6 +334,17 @@ TEST(sweep_rejects_bad_arguments)
     int st = run_sweep(out, opts, &o);
     CHECK(st == 2 && strstr(o, "bad_budget.conf:3") && strstr(o, "plain line"), "exit %d:\n%s", st, o);
     free(o);
+    /* A strategy scopes finetuning settings only. */
+    const char *bad_scopes[] = {"#@ L4H64A4.nt.time_cap = 30\n", "#@ stsf.pretrain.lr = 1e-3\n"};
+    for (int i = 0; i < 2; i++) {
+        char t[200];
+        snprintf(t, sizeof t, "epochs = 2\n%s", bad_scopes[i]);
+        REQUIRE(gp_write_atomic(budget, t, strlen(t), &e) == 0);
+        st = run_sweep(out, opts, &o);
+        CHECK(st == 2 && strstr(o, "bad_budget.conf:2") && strstr(o, "only finetuning settings"), "`%s`: exit %d:\n%s",
+              bad_scopes[i], st, o);
+        free(o);
+    }
     snprintf(cmd, sizeof cmd, "python3 tools/sweep.py --data /nonexistent/x.gpsd --out %s --bin %s", out, test_binary());
     st = sh(cmd, &o);
     CHECK(st == 2 && strstr(o, "/nonexistent/x.gpsd") && strstr(o, "gpsdrec prep"), "exit %d:\n%s", st, o);

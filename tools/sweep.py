@@ -98,9 +98,12 @@ def parse_budget(path):
     """A budget file is a gpsdrec config file (given to every run as it is) whose lines starting
     with `#@` (comments to gpsdrec) are the driver's: its own keys (time_cap, ...), optionally
     scoped to one size (`#@ L24H1024A16.time_cap = 300`), and gpsdrec settings scoped to one size
-    (`#@ L24H1024A16.pretrain.lr = 1e-3`). Returns {"path", "global": [(key, value, origin)],
-    "sizes": {SIZE: [(key, value, origin)]}} in file order."""
-    out = {"global": [], "sizes": {}, "path": path}
+    (`#@ L24H1024A16.pretrain.lr = 1e-3`), or scoped to one strategy's finetuning, with or without
+    a size (`#@ nt.finetune.lr = 1e-3`, `#@ L8H512A8.nt.finetune.lr = 1e-3`): those come after the
+    strategy's own file (configs/strategies/), so they can change what it sets. Returns {"path",
+    "global": [(key, value, origin)], "sizes": {SIZE: [...]}, "strategies": {(SIZE or None,
+    STRATEGY): [...]}} in file order."""
+    out = {"global": [], "sizes": {}, "strategies": {}, "path": path}
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -125,11 +128,20 @@ def parse_budget(path):
             raise SweepError("%s:%d: empty key or value in %r" % (path, no, raw))
         head, _, rest = key.partition(".")
         scoped = bool(rest) and SIZE_RE.match(head) is not None
+        size_name = parse_size(head)["name"] if scoped else None
+        after_size = rest if scoped else key
+        strat, _, setting = after_size.partition(".")
+        if setting and strat.lower() in STRATEGIES:
+            where = "%s:%d" % (path, no)
+            if setting in SWEEP_KEYS or not setting.startswith("finetune."):
+                raise SweepError("%s: `#@ %s`: a strategy scopes only finetuning settings of gpsdrec "
+                                 "(%s.finetune.KEY), not %r" % (where, key, strat, setting))
+            out["strategies"].setdefault((size_name, strat.lower()), []).append((setting, value, where))
+            continue
         if (rest if scoped else key) in SWEEP_KEYS:
             check_sweep_value(rest if scoped else key, value, "%s:%d" % (path, no))
         if scoped:
-            size = parse_size(head)["name"]
-            out["sizes"].setdefault(size, []).append((rest, value, "%s:%d" % (path, no)))
+            out["sizes"].setdefault(size_name, []).append((rest, value, "%s:%d" % (path, no)))
         elif key in SWEEP_KEYS:
             out["global"].append((key, value, "%s:%d" % (path, no)))
         else:
@@ -281,10 +293,35 @@ class Driver:
         """The budget file itself (a gpsdrec config) and --config files, for every run."""
         return ([self.budget["path"]] if self.budget else []) + list(self.args.config or [])
 
-    def budget_conf(self, pairs, directory):
-        """The budget's size-scoped gpsdrec settings as a config file in `directory` (each line
-        naming the budget line it came from), given after the budget file and before the
-        strategy's file; None when there are none. In a dry run the file is not written."""
+    def strategy_pairs(self, size, strategy):
+        """The budget's settings scoped to a strategy: those for every size, then the size's own."""
+        if not self.budget:
+            return []
+        table = self.budget["strategies"]
+        return list(table.get((None, strategy), [])) + list(table.get((size["name"], strategy), []))
+
+    def warn_shadowed(self, pairs, run, strategy_file):
+        """A size-scoped setting the strategy's file sets again does not reach that strategy's
+        runs (NT's finetune.lr, say): said once per size and strategy, with the scope that would."""
+        own = set()
+        for line in (read_text(strategy_file) or "").splitlines():
+            key = line.split("#", 1)[0].partition("=")[0].strip()
+            if key:
+                own.add(key)
+        seen = self.__dict__.setdefault("_shadow_warned", set())
+        for k, v, origin in pairs:
+            if k in own and k not in SWEEP_KEYS and (run.size["name"], run.strategy, k) not in seen:
+                seen.add((run.size["name"], run.strategy, k))
+                self.say("warning: %s: `%s = %s` for %s does not reach %s: %s sets %s again; scope it to "
+                         "the strategy (`#@ %s.%s.%s = %s`)" % (
+                             origin, k, v, run.size["name"], STRATEGIES[run.strategy][0],
+                             os.path.relpath(strategy_file), k, run.size["name"], run.strategy, k, v))
+
+    def budget_conf(self, pairs, directory, name="sweep_budget.conf"):
+        """The budget's scoped gpsdrec settings as a config file `name` in `directory` (each line
+        naming the budget line it came from); None when there are none. The size-scoped file goes
+        after the budget file and before the strategy's file, the strategy-scoped one after the
+        strategy's file. In a dry run the file is not written."""
         lines = []
         for k, v, origin in pairs:
             if k not in SWEEP_KEYS:
@@ -293,7 +330,7 @@ class Driver:
                 lines.append("%s = %s  # %s\n" % (k, v, origin))
         if not lines:
             return None
-        path = os.path.join(directory, "sweep_budget.conf")
+        path = os.path.join(directory, name)
         if not self.opts.dry_run and not self.opts.simulate:
             os.makedirs(directory, exist_ok=True)
             text = "# gpsdrec settings of the sweep budget for this run (written by tools/sweep.py)\n" + "".join(lines)
@@ -328,7 +365,8 @@ class Driver:
 
     def command(self, run):
         """The gpsdrec command of a run. Precedence, lowest first: the dataset's config files, the
-        budget, the strategy's config file, the size, --budget-steps/--budget-epochs, seed and
+        budget, its size-scoped settings, the strategy's config file, the budget's strategy-scoped
+        settings, the size, --budget-steps/--budget-epochs, seed and
         device, the extra options after `--`, and last the driver's own keys (stage, data, out_dir,
         init_from)."""
         pairs = self.budget_pairs(run.size)
@@ -337,7 +375,13 @@ class Driver:
         if conf:
             cmd.append(conf)
         if run.stage == "finetune":
-            cmd.append(os.path.relpath(os.path.join(ROOT, "configs", "strategies", run.strategy + ".conf")))
+            strategy_file = os.path.join(ROOT, "configs", "strategies", run.strategy + ".conf")
+            self.warn_shadowed(pairs, run, strategy_file)
+            cmd.append(os.path.relpath(strategy_file))
+            conf = self.budget_conf(self.strategy_pairs(run.size, run.strategy), run.out_dir,
+                                    "sweep_budget_strategy.conf")
+            if conf:
+                cmd.append(conf)
         cmd += ["--set", "n_layers=%d" % run.size["n_layers"], "--set", "dim=%d" % run.size["dim"],
                 "--set", "n_heads=%d" % run.size["n_heads"]]
         cmd += self.cli_budget_sets()
@@ -1482,6 +1526,9 @@ def main(argv):
                         print("  %s = %s" % (k, v))
                     for size_name, pairs in d.budget["sizes"].items():
                         print("  %s: %s" % (size_name, ", ".join("%s = %s" % (k, v) for k, v, _ in pairs)))
+                    for (size_name, strat), pairs in d.budget["strategies"].items():
+                        print("  %s%s: %s" % (size_name + " " if size_name else "", STRATEGIES[strat][0],
+                                              ", ".join("%s = %s" % (k, v) for k, v, _ in pairs)))
                 if executing:
                     with open(os.path.join(d.args.out, "sweep_commands.log"), "a") as f:
                         f.write("%s %s\n" % (now_iso(), command))
