@@ -87,7 +87,9 @@ if [ -n "$state" ]; then
 fi
 t=$(date +%s.%N)
 B=$GPSDREC_SHARED/data/amazon-beauty
-if [ ! -f "$work/data/beauty/data.gpsd" ]; then
+# Only a sweep that uses beauty needs the shared data on the machine.
+case " ${SWEEP_DATASETS:-beauty synth} " in *" beauty "*) need_beauty=1 ;; *) need_beauty=0 ;; esac
+if [ "$need_beauty" = 1 ] && [ ! -f "$work/data/beauty/data.gpsd" ]; then
   ./gpsdrec prep --format seq --input "$B/s3rec/Beauty.txt" --times "$B/ticoserec/Beauty_time_org_rank.txt" \
       --meta "$B/s3rec/Beauty_item2attributes.json" --out "$work/data/beauty" > "$work/prep_beauty.log" 2>&1 \
     || { tail -20 "$work/prep_beauty.log" | tee -a "$log"; say "beauty prep failed"; exit 1; }
