@@ -1236,13 +1236,26 @@ static int attention_for_batch(cuda_model *m, gp_err *e)
     return 0;
 }
 
+/* The metadata upload_batch packed, enqueued for the kernels that follow. Every path that runs
+ * the trunk on a new batch needs it: without it the kernels see the previous batch's tokens,
+ * query rows and targets (the ranking path lacked it from 2026-11-28 to 2026-12-07 and ranked
+ * the last training batch instead of the evaluation batch). */
+static int meta_to_device(cuda_model *m, gp_err *e)
+{
+    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
 /* Everything one micro-batch puts on the stream: the metadata copy, the forward, the heads and
  * (optionally) the backward. Host-side only in what it enqueues, so it can be captured. */
 static int enqueue_step(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, int want_rank, gp_err *e)
 {
     const model_config *c = &m->c;
     const int T = bs->T;
-    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->stream));
+    if (meta_to_device(m, e) != 0)
+        return -1;
     if (forward_trunk(m, T, e) != 0)
         return -1;
     if (backward) {
@@ -1386,7 +1399,8 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
     const int64_t V = c->n_items;
     const int E = m->E;
     batch_shape bs;
-    if (upload_batch(m, x, 0, &bs, e) != 0 || attention_for_batch(m, e) != 0 || forward_trunk(m, bs.T, e) != 0)
+    if (upload_batch(m, x, 0, &bs, e) != 0 || attention_for_batch(m, e) != 0 || meta_to_device(m, e) != 0 ||
+        forward_trunk(m, bs.T, e) != 0)
         return -1;
     const int Bc = m->B_cur;
     if (!m->rank_table) {
