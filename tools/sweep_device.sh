@@ -30,6 +30,7 @@ out=${1:?usage: tools/sweep_device.sh OUT_DIR [STATE.tgz]}
 state=${2:-}
 wall=${SWEEP_WALL_S:-500}
 jobs=${JOBS_PER_GPU:-3}
+datasets=${SWEEP_DATASETS:-beauty synth}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -88,7 +89,7 @@ fi
 t=$(date +%s.%N)
 B=$GPSDREC_SHARED/data/amazon-beauty
 # Only a sweep that uses beauty needs the shared data on the machine.
-case " ${SWEEP_DATASETS:-beauty synth} " in *" beauty "*) need_beauty=1 ;; *) need_beauty=0 ;; esac
+case " $datasets " in *" beauty "*) need_beauty=1 ;; *) need_beauty=0 ;; esac
 if [ "$need_beauty" = 1 ] && [ ! -f "$work/data/beauty/data.gpsd" ]; then
   ./gpsdrec prep --format seq --input "$B/s3rec/Beauty.txt" --times "$B/ticoserec/Beauty_time_org_rank.txt" \
       --meta "$B/s3rec/Beauty_item2attributes.json" --out "$work/data/beauty" > "$work/prep_beauty.log" 2>&1 \
@@ -108,7 +109,7 @@ sizes=${SWEEP_SIZES:-L1H32A4,L4H32A4,L4H64A4,L4H128A4,L4H256A4,L8H512A8,L12H768A
 device=${SWEEP_DEVICE:-cuda}
 # shellcheck disable=SC2086  # SWEEP_EXTRA is a list of options
 args=()
-for ds in ${SWEEP_DATASETS:-beauty synth}; do
+for ds in $datasets; do
   [ ${#args[@]} -gt 0 ] && args+=(--and)
   case $ds in
     beauty) args+=(--data "$work/data/beauty/data.gpsd" --budget configs/sweep/amazon_beauty.conf --out "$work/beauty") ;;
@@ -125,7 +126,7 @@ sweep_s=$(since "$t")
 say "sweeps: exit $rc after $sweep_s s"
 
 # 4. what comes back
-for ds in beauty synth; do
+for ds in $datasets; do
   d=$work/$ds
   [ -f "$d/sweep.json" ] || continue
   cp "$d/sweep.csv" "$out/$ds.csv"
@@ -148,8 +149,9 @@ total_s=$(since "$T0")
   echo "tools/sweep_device.sh at $(git rev-parse --short HEAD 2>/dev/null), $(date -u +%Y-%m-%dT%H:%M:%SZ);" \
        "wall $total_s s in all: build $build_s s, beauty prep $prep_s s, sweeps $sweep_s s (exit $rc; the synthetic" \
        "set generated inside: $(grep -h 'generated in' "$work/synth/data/synth.log" 2>/dev/null | sed 's/^ *//')); work dir $work."
-  echo "Sweep command: $(tail -1 "$work/beauty/sweep_commands.log" 2>/dev/null | cut -d' ' -f2-)"
-  for ds in beauty synth; do
+  first=${datasets%% *}
+  echo "Sweep command: $(tail -1 "$work/$first/sweep_commands.log" 2>/dev/null | cut -d' ' -f2-)"
+  for ds in $datasets; do
     echo
     echo "## $ds"
     echo
@@ -165,7 +167,7 @@ total_s=$(since "$T0")
 } > "$out/summary.md" 2>&1
 cp "$log" "$work/device.log"
 tar czf "$out/sweep_state.tgz" -C "$work" --exclude='*.safetensors' --exclude='checkpoints' --exclude='*.gpsd' \
-    --exclude='.sweep.lock' --exclude='plots' beauty synth device.log machine.txt build.log $( [ -f "$work/prep_beauty.log" ] && echo prep_beauty.log) \
+    --exclude='.sweep.lock' --exclude='plots' $(for ds in beauty synth; do [ -d "$work/$ds" ] && echo $ds; done) device.log machine.txt build.log $( [ -f "$work/prep_beauty.log" ] && echo prep_beauty.log) \
     $( [ -f "$work/data/beauty/stats.txt" ] && echo data/beauty/stats.txt) 2>/dev/null
 rm -f "$log"
 cat "$out/summary.md"
