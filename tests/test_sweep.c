@@ -645,3 +645,91 @@ TEST(sweep_fit_recovers_known_constants)
         json_free(&doc);
     }
 }
+
+/* tools/sweep_device.sh, the one-call device script, on the CPU: a beauty-only call returns the
+ * beauty table, JSON, summary and state and nothing of the synthetic sweep, and a second call in
+ * a fresh work directory restores that state and skips every finished run, to the same table. */
+static int file_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* The table without its last column, run_dir, which names the work directory. */
+static void drop_run_dir_column(char *csv)
+{
+    char *w = csv;
+    for (char *line = csv; *line;) {
+        char *end = strchr(line, '\n');
+        size_t n = end ? (size_t)(end - line) : strlen(line);
+        size_t keep = n;
+        while (keep > 0 && line[keep - 1] != ',')
+            keep--;
+        memmove(w, line, keep);
+        w += keep;
+        *w++ = '\n';
+        line += n + (end ? 1 : 0);
+    }
+    *w = 0;
+}
+
+static int run_device_script(const char *work, const char *out, const char *state, char **o)
+{
+    char cmd[4000];
+    snprintf(cmd, sizeof cmd,
+             "SWEEP_WORK=%s SWEEP_DATASETS=beauty GPSDREC_SHARED=%s SWEEP_SIZES=L1H8A2,L2H16A2 SWEEP_DEVICE=cpu "
+             "SWEEP_EXTRA='--max_steps 4 --threads 1' SWEEP_WALL_S=400 JOBS_PER_GPU=1 bash tools/sweep_device.sh %s %s",
+             work, test_shared_dir(), out, state);
+    return sh(cmd, o);
+}
+
+TEST(sweep_device_script_beauty_only_and_resume)
+{
+    char beauty[900], work[700], out[700], work2[700], out2[700], path[1200], state[1200], *o;
+    snprintf(beauty, sizeof beauty, "%s/data/amazon-beauty/s3rec/Beauty.txt", test_shared_dir());
+    REQUIRE(file_exists(beauty), "%s is missing (GPSDREC_SHARED)", beauty);
+    snprintf(work, sizeof work, "%s/device_work", test_tmp_dir());
+    snprintf(out, sizeof out, "%s/device_out", test_tmp_dir());
+    int st = run_device_script(work, out, "", &o);
+    REQUIRE(st == 0, "sweep_device.sh exited %d:\n%s", st, o);
+    CHECK(strstr(o, "6 runs trained to the end now, 0 skipped"), "%s", o);
+    free(o);
+    static const char *const want[] = {"summary.md", "beauty.csv", "beauty.json", "sweep_state.tgz"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", out, want[i]);
+        CHECK(file_exists(path), "%s is missing", path);
+    }
+    snprintf(path, sizeof path, "%s/synth.csv", out);
+    CHECK(!file_exists(path), "a beauty-only call returned %s", path);
+    snprintf(path, sizeof path, "%s/synth", work);
+    CHECK(!file_exists(path), "a beauty-only call created %s", path);
+
+    char *summary, *csv;
+    size_t len;
+    gp_err e;
+    snprintf(path, sizeof path, "%s/summary.md", out);
+    REQUIRE(gp_read_file(path, &summary, &len, &e) == 0, "%s", e.msg);
+    CHECK(strstr(summary, "## beauty") && !strstr(summary, "## synth") && strstr(summary, "Sweep command: tools/sweep.py") &&
+              strstr(summary, "6 runs (6 finished)"),
+          "summary.md:\n%s", summary);
+    free(summary);
+    snprintf(path, sizeof path, "%s/beauty.csv", out);
+    REQUIRE(gp_read_file(path, &csv, &len, &e) == 0, "%s", e.msg);
+    CHECK(count_substr(csv, ",done,") == 4, "beauty.csv should hold 4 finished finetunings:\n%s", csv);
+
+    snprintf(state, sizeof state, "%s/sweep_state.tgz", out);
+    snprintf(work2, sizeof work2, "%s/device_work2", test_tmp_dir());
+    snprintf(out2, sizeof out2, "%s/device_out2", test_tmp_dir());
+    st = run_device_script(work2, out2, state, &o);
+    REQUIRE(st == 0, "sweep_device.sh with the state exited %d:\n%s", st, o);
+    CHECK(strstr(o, "6 finished runs") && strstr(o, "0 runs trained to the end now, 6 skipped"), "%s", o);
+    free(o);
+    char *csv2;
+    snprintf(path, sizeof path, "%s/beauty.csv", out2);
+    REQUIRE(gp_read_file(path, &csv2, &len, &e) == 0, "%s", e.msg);
+    drop_run_dir_column(csv);
+    drop_run_dir_column(csv2);
+    CHECK(strcmp(csv, csv2) == 0, "the resumed table differs:\n%s\nagainst\n%s", csv2, csv);
+    free(csv);
+    free(csv2);
+}

@@ -143,12 +143,15 @@ EOF
   [ -f "$d/plots/figure5.png" ] && cp "$d/plots/figure5.png" "$out/${ds}_figure5.png"
 done
 total_s=$(since "$T0")
+synth_note=
+if [ -f "$work/synth/data/synth.log" ]; then
+  synth_note="; the synthetic set generated inside: $(grep -h 'generated in' "$work/synth/data/synth.log" | sed 's/^ *//')"
+fi
 {
   echo "# Scaling sweeps on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $n_gpus"
   echo
   echo "tools/sweep_device.sh at $(git rev-parse --short HEAD 2>/dev/null), $(date -u +%Y-%m-%dT%H:%M:%SZ);" \
-       "wall $total_s s in all: build $build_s s, beauty prep $prep_s s, sweeps $sweep_s s (exit $rc; the synthetic" \
-       "set generated inside: $(grep -h 'generated in' "$work/synth/data/synth.log" 2>/dev/null | sed 's/^ *//')); work dir $work."
+       "wall $total_s s in all: build $build_s s, beauty prep $prep_s s, sweeps $sweep_s s (exit $rc$synth_note); work dir $work."
   first=${datasets%% *}
   echo "Sweep command: $(tail -1 "$work/$first/sweep_commands.log" 2>/dev/null | cut -d' ' -f2-)"
   for ds in $datasets; do
