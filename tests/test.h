@@ -24,6 +24,8 @@ const char *test_shared_dir(void);
 const char *test_tmp_dir(void);
 /* Path of the gpsdrec binary under test (GPSDREC_BIN or ./gpsdrec). */
 const char *test_binary(void);
+/* Whether path names an existing file or directory. */
+int test_file_exists(const char *path);
 /* Run a shell command, capture stdout+stderr into a malloc'd string; returns the exit status. */
 int test_run_capture(const char *cmd, char **output);
 

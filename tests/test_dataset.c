@@ -34,12 +34,6 @@ static uint64_t lcg_next(uint64_t *s)
 
 static char *tmp_file(const char *name) { return gp_path_join(test_tmp_dir(), name); }
 
-static int file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 /* Entries in dir whose name contains ".tmp." (leftovers of an atomic write). */
 static int count_tmp_leftovers(const char *dir)
 {
@@ -491,7 +485,7 @@ TEST(dataset_writer_rejects_invalid_contents_and_leaves_nothing)
     CHECK(dataset_write(path, &c, &e) != 0, "writer accepted item 0");
     CHECK(strstr(e.msg, path) && strstr(e.msg, "record 6 (split test)") && strstr(e.msg, "item 0"), "message: %s", e.msg);
     CHECK(strstr(e.msg, "not written"), "message: %s", e.msg);
-    CHECK(!file_exists(path), "a refused write left %s", path);
+    CHECK(!test_file_exists(path), "a refused write left %s", path);
     CHECK(count_tmp_leftovers(dir) == 0, "temporary file left behind");
 
     /* Same rules as the reader: tokens, item_cate, users. */
@@ -517,7 +511,7 @@ TEST(dataset_writer_rejects_invalid_contents_and_leaves_nothing)
     c.n_tokens = 0;
     CHECK(dataset_write(path, &c, &e) != 0);
     CHECK(strstr(e.msg, "n_items is 0"), "message: %s", e.msg);
-    CHECK(!file_exists(path) && count_tmp_leftovers(dir) == 0, "refused writes left files behind");
+    CHECK(!test_file_exists(path) && count_tmp_leftovers(dir) == 0, "refused writes left files behind");
 
     /* A directory that does not exist: the atomic open fails, nothing appears. */
     char *nowhere = gp_path_join(dir, "missing/sub/x.gpsd");

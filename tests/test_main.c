@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,6 +75,12 @@ static void remove_tmp(void)
         if (system(cmd) != 0)
             fprintf(stderr, "warning: could not remove %s\n", tmp_dir);
     }
+}
+
+int test_file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
 }
 
 const char *test_tmp_dir(void)

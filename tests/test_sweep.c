@@ -291,7 +291,7 @@ TEST(sweep_budget_file_and_time_cap)
               !strstr(conf, "= 0.03 "), "ST&SF takes the budget's lr and size-scoped min_lr, not NT's:\n%s", conf);
     free(conf);
     snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/stsf/sweep_budget_strategy.conf", out);
-    CHECK(access(path, F_OK) != 0, "ST&SF has no strategy-scoped settings, so no %s", path);
+    CHECK(!test_file_exists(path), "ST&SF has no strategy-scoped settings, so no %s", path);
     snprintf(path, sizeof path, "%s/runs/L1H8A2/seed1/nt/sweep_budget_strategy.conf", out);
     REQUIRE(gp_read_file(path, &conf, &len, &e) == 0, "%s", e.msg);
     CHECK(strstr(conf, "finetune.weight_decay = 0.03") && strstr(conf, "finetune.lr = 3e-3") && !strstr(conf, "4e-3"),
@@ -646,15 +646,6 @@ TEST(sweep_fit_recovers_known_constants)
     }
 }
 
-/* tools/sweep_device.sh, the one-call device script, on the CPU: a beauty-only call returns the
- * beauty table, JSON, summary and state and nothing of the synthetic sweep, and a second call in
- * a fresh work directory restores that state and skips every finished run, to the same table. */
-static int file_exists(const char *path)
-{
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
 /* The table without its last column, run_dir, which names the work directory. */
 static void drop_run_dir_column(char *csv)
 {
@@ -683,11 +674,14 @@ static int run_device_script(const char *work, const char *out, const char *stat
     return sh(cmd, o);
 }
 
+/* tools/sweep_device.sh, the one-call device script, on the CPU: a beauty-only call returns the
+ * beauty table, JSON, summary and state and nothing of the synthetic sweep, and a second call in
+ * a fresh work directory restores that state and skips every finished run, to the same table. */
 TEST(sweep_device_script_beauty_only_and_resume)
 {
     char beauty[900], work[700], out[700], work2[700], out2[700], path[1200], state[1200], *o;
     snprintf(beauty, sizeof beauty, "%s/data/amazon-beauty/s3rec/Beauty.txt", test_shared_dir());
-    REQUIRE(file_exists(beauty), "%s is missing (GPSDREC_SHARED)", beauty);
+    REQUIRE(test_file_exists(beauty), "%s is missing (GPSDREC_SHARED)", beauty);
     snprintf(work, sizeof work, "%s/device_work", test_tmp_dir());
     snprintf(out, sizeof out, "%s/device_out", test_tmp_dir());
     int st = run_device_script(work, out, "", &o);
@@ -697,12 +691,12 @@ TEST(sweep_device_script_beauty_only_and_resume)
     static const char *const want[] = {"summary.md", "beauty.csv", "beauty.json", "sweep_state.tgz"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         snprintf(path, sizeof path, "%s/%s", out, want[i]);
-        CHECK(file_exists(path), "%s is missing", path);
+        CHECK(test_file_exists(path), "%s is missing", path);
     }
     snprintf(path, sizeof path, "%s/synth.csv", out);
-    CHECK(!file_exists(path), "a beauty-only call returned %s", path);
+    CHECK(!test_file_exists(path), "a beauty-only call returned %s", path);
     snprintf(path, sizeof path, "%s/synth", work);
-    CHECK(!file_exists(path), "a beauty-only call created %s", path);
+    CHECK(!test_file_exists(path), "a beauty-only call created %s", path);
 
     char *summary, *csv;
     size_t len;
