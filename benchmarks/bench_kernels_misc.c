@@ -9,6 +9,11 @@
  *   lower bound of the fused alternative (softmax in the GEMM's epilogue: the fp32 logits never
  *   reach memory; the larger of its bytes at the copy ceiling and its FLOPs at the GEMM
  *   ceiling). The sampled rows kernel is also set against a modeled two-pass softmax.
+ * - The whole item head of one L4H64A4 pretraining step (512 sequences x 200 positions against
+ *   4096 negatives each, E = 64), forward and backward: the fused kernel (k_sampled_softmax_fused)
+ *   against the GEMM path as the backend runs it (per chunk of 109 sequences: logits GEMM, rows
+ *   kernel, the d_q and d_neg GEMMs). FLOPs are the three logits-sized products the job needs
+ *   (the fused kernel does a fourth, its recompute, which is not counted).
  * - AdamW over the dense parameters of L24H1024A16 (~300M, 144 ranges as the backend builds
  *   them, bf16 copies of the linear weights), and the gradient norm's sum of squares over them.
  */
@@ -159,6 +164,84 @@ static void item_path_case(int E)
     bk_meas ma = {"item_logits+softmax", sh, "softmax in GEMM epilogue (lower bound)", "(not run)", path_min, 0, flops,
                   0, "max(bytes without fp32 logits at copy ceiling, FLOPs at GEMM ceiling)"};
     bk_report_modeled(&ma, "max of bytes at the copy ceiling and FLOPs at the GEMM ceiling");
+    bk_free_all();
+}
+
+/* The item head, forward and backward, over a whole step's sequences. */
+typedef struct {
+    int nseq, rps, N, E, chunk;
+    gp_bf16 *H16, *N16, *dlog;
+    float *pos, *loss, *dpos, *dq, *dn, *logits;
+    int32_t *label, *neg;
+} head_ctx;
+
+static void l_head_fused(void *p, int i)
+{
+    (void)i;
+    head_ctx *c = p;
+    CK(k_sampled_softmax_fused(c->loss, c->dpos, c->dq, c->dn, c->H16, c->N16, c->pos, c->label, c->neg, c->nseq,
+                               c->rps, c->N, c->E, INV_TEMP, 1, INV_TEMP / (512.0f * 200.0f), BK.s));
+}
+
+static void l_head_gemm(void *p, int i)
+{
+    (void)i;
+    head_ctx *c = p;
+    const int S = c->rps, N = c->N, E = c->E;
+    for (int b0 = 0; b0 < c->nseq; b0 += c->chunk) {
+        const int cb = GP_MIN(c->chunk, c->nseq - b0);
+        gemm_args g = {.trans_a = 0, .trans_b = 1, .M = S, .N = N, .K = E, .A = c->H16 + (size_t)b0 * S * E,
+                       .lda = E, .stride_a = (int64_t)S * E, .B = c->N16 + (size_t)b0 * N * E, .ldb = E,
+                       .stride_b = (int64_t)N * E, .C = c->logits, .ldc = N, .stride_c = (int64_t)S * N,
+                       .c_type = GEMM_F32, .alpha = INV_TEMP, .beta = 0.0f, .batch = cb};
+        bk_gemm(&g);
+        CK(k_sampled_softmax_rows(c->loss + (size_t)b0 * S, c->dlog, c->dpos + (size_t)b0 * S, c->logits,
+                                  c->pos + (size_t)b0 * S, c->label + (size_t)b0 * S, c->neg + (size_t)b0 * N,
+                                  (int64_t)cb * S, S, N, N, INV_TEMP, 1, INV_TEMP / (512.0f * 200.0f), BK.s));
+        gemm_args dh = {.trans_a = 0, .trans_b = 0, .M = S, .N = E, .K = N, .A = c->dlog, .lda = N,
+                        .stride_a = (int64_t)S * N, .B = c->N16 + (size_t)b0 * N * E, .ldb = E,
+                        .stride_b = (int64_t)N * E, .C = c->dq + (size_t)b0 * S * E, .ldc = E,
+                        .stride_c = (int64_t)S * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = cb};
+        gemm_args dn = {.trans_a = 1, .trans_b = 0, .M = N, .N = E, .K = S, .A = c->dlog, .lda = N,
+                        .stride_a = (int64_t)S * N, .B = c->H16 + (size_t)b0 * S * E, .ldb = E,
+                        .stride_b = (int64_t)S * E, .C = c->dn + (size_t)b0 * N * E, .ldc = E,
+                        .stride_c = (int64_t)N * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = cb};
+        bk_gemm(&dh);
+        bk_gemm(&dn);
+    }
+}
+
+static void item_head_case(void)
+{
+    if (!bk_want("item_head"))
+        return;
+    head_ctx c = {.nseq = 512, .rps = BK_POSITIONS - 1, .N = NNEG, .E = 64, .chunk = CHUNK_SEQS};
+    const int64_t R = (int64_t)c.nseq * c.rps, NR = (int64_t)c.nseq * c.N;
+    const double RN = (double)R * c.N, flops = 3 * 2.0 * RN * c.E;
+    c.H16 = bk_rand_bf16(R * c.E, 1.0f / sqrtf((float)c.E));
+    c.N16 = bk_rand_bf16(NR * c.E, 1.0f / sqrtf((float)c.E));
+    c.pos = bk_rand_f32(R, 3.0f);
+    c.label = bk_rand_ids(R, 1, 1000000);
+    c.neg = bk_rand_ids(NR, 0, 1000000);
+    c.loss = bk_alloc((size_t)R * 4);
+    c.dpos = bk_alloc((size_t)R * 4);
+    c.dq = bk_rand_f32(R * c.E, 0.01f);
+    c.dn = bk_alloc((size_t)NR * c.E * 4);
+    char sh[96];
+    snprintf(sh, sizeof sh, "%lldx%dx%d (%d seqs)", (long long)R, c.N, c.E, c.nseq);
+    /* inputs once (bf16 rows, ids, labels, positives), d_q read and written, d_neg written */
+    const double min_bytes = 2.0 * (R + NR) * c.E + 4.0 * (NR + 2 * R) + 8.0 * R * c.E + 4.0 * NR * c.E + 8.0 * R;
+    bk_timing t = bk_time(l_head_fused, &c, 1);
+    bk_meas m = {"item_head", sh, "ours", "k_sampled_softmax_fused (forward and backward)", min_bytes, 0, flops,
+                 min_bytes, "logits tile in registers; 4 products done, 3 counted"};
+    bk_report(&m, &t, bk_finite_f32(c.dn, NR * c.E) && bk_finite_f32(c.loss, R));
+    c.logits = bk_alloc((size_t)c.chunk * c.rps * c.N * 4);
+    c.dlog = bk_alloc((size_t)c.chunk * c.rps * c.N * 2);
+    t = bk_time(l_head_gemm, &c, 1);
+    bk_meas a = {"item_head", sh, "GEMM path (sampled_softmax_kernel = gemm)",
+                 "per 109 sequences: logits GEMM + k_sampled_softmax_rows + 2 GEMMs", min_bytes,
+                 min_bytes + RN * (8 + 4), flops, min_bytes, "fp32 logits written and read, bf16 gradient written and read twice"};
+    bk_report(&a, &t, bk_finite_f32(c.dn, NR * c.E) && bk_finite_f32(c.loss, R));
     bk_free_all();
 }
 
@@ -399,6 +482,7 @@ void bk_cases_misc(void)
     sampled_softmax_cases();
     item_path_case(64);
     item_path_case(1024);
+    item_head_case();
     bce_case(2048);
     bk_progress("optimizer and reductions (L24H1024A16 dense parameters)");
     optimizer_cases();

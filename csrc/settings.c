@@ -56,6 +56,7 @@ const cfg_key settings_keys[] = {
     {"out_dir", CFG_STRING, "runs/default", 0, 0, NULL, OFF(out_dir), "directory for settings, logs and checkpoints", "ckpt_root_dir,output_dir"},
     {"device", CFG_ENUM, "auto", 0, 0, "auto|cpu|cuda", OFF(device), "backend: auto = cuda when a GPU is present, else cpu"},
     {"attention_kernel", CFG_ENUM, "auto", 0, 0, "auto|own|cudnn", OFF(attention_kernel), "CUDA attention implementation: own = gpsdrec's tensor-core kernels, cudnn = cuDNN's fused flash attention, auto = whichever is faster on this model's shape, timed when the backend starts (cuDNN only where it is deterministic and agrees with the own kernels)"},
+    {"sampled_softmax_kernel", CFG_ENUM, "auto", 0, 0, "auto|fused|gemm", OFF(sampled_softmax_kernel), "CUDA item head: fused = one flash-style kernel per sequence for the logits, loss and gradient products (emb_dim 32 or 64, max_history up to 256), gemm = cuBLAS logits and gradient GEMMs around a row softmax kernel, auto = fused where it applies"},
     {"recompute_blocks", CFG_BOOL, "false", 0, 0, NULL, OFF(recompute_blocks), "CUDA backend: keep only each block's input through the forward and recompute the block's activations just before its backward (the same kernels on the same values: the same result to the bit); activation memory of one block instead of all, for one more forward of the blocks"},
     {"threads", CFG_INT, "0", 0, 4096, NULL, OFF(threads), "CPU threads (0 = all cores)"},
     /* data parallelism */

@@ -242,6 +242,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
     backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads,
                        .dist = dist, .dist_item_grads = s->dist_item_grads,
                        .attention_kernel = s->attention_kernel,
+                       .sampled_softmax_kernel = s->sampled_softmax_kernel,
                        .recompute_blocks = s->recompute_blocks};
     r.be = backend_create(s->device, &r.layout, &bo, e);
     if (!r.be)

@@ -43,6 +43,7 @@ typedef struct {
     int dist_item_grads; /* DIST_ITEM_AUTO / ROWS / DENSE (settings.h) */
     int attention_kernel; /* ATTN_KERNEL_AUTO / OWN / CUDNN (settings.h); CUDA backend only */
     int recompute_blocks; /* keep only block inputs, recompute each block before its backward; CUDA only */
+    int sampled_softmax_kernel; /* SOFTMAX_KERNEL_AUTO / FUSED / GEMM (settings.h); CUDA backend only */
 } backend_opts;
 
 typedef struct {

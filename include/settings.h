@@ -22,6 +22,7 @@ enum { EVAL_SPLIT_TEST = 0, EVAL_SPLIT_VALID = 1 };
 enum { RESUME_AUTO = 0, RESUME_NEVER = 1 };
 enum { DIST_ITEM_AUTO = 0, DIST_ITEM_ROWS = 1, DIST_ITEM_DENSE = 2 };
 enum { ATTN_KERNEL_AUTO = 0, ATTN_KERNEL_OWN = 1, ATTN_KERNEL_CUDNN = 2 };
+enum { SOFTMAX_KERNEL_AUTO = 0, SOFTMAX_KERNEL_FUSED = 1, SOFTMAX_KERNEL_GEMM = 2 };
 
 typedef struct {
     /* data */
@@ -50,6 +51,7 @@ typedef struct {
     char out_dir[CFG_STR_MAX];
     int device;
     int attention_kernel;
+    int sampled_softmax_kernel;
     int recompute_blocks;
     int64_t threads;
     /* data parallelism */

@@ -169,6 +169,19 @@ cudaError_t k_sampled_softmax_rows(float *loss, gp_bf16 *d_logits, float *d_pos,
                                    const float *pos_logit, const int32_t *label, const int32_t *neg_ids, int64_t rows,
                                    int rows_per_seq, int n_neg, int64_t ld, float inv_temp, int logq, float scale,
                                    cudaStream_t s);
+/* The same sampled softmax fused with its logits and gradient products (sampled_softmax_fused.cu):
+ * q [n_seq][rows_per_seq][emb_dim] and neg [n_seq][n_neg][emb_dim] bf16 (16-byte aligned), the
+ * negative logits z_j = inv_temp * <q_r, neg_j> in fp32, then as k_sampled_softmax_rows (same
+ * pos_logit, label, neg_ids, logq and scale; loss and d_pos written for every row). With d_q and
+ * d_neg (both or neither, fp32, 8-byte aligned): d_q[r] += sum_j g_rj neg_j and
+ * d_neg[j] = sum_r g_rj q_r (written), g_rj the bf16-rounded gradient k_sampled_softmax_rows
+ * would write to d_logits. Deterministic. Only for the shapes k_sampled_softmax_fused_supported
+ * accepts (emb_dim 32 or 64, rows_per_seq <= 256) and n_neg >= 1; otherwise cudaErrorInvalidValue. */
+int k_sampled_softmax_fused_supported(int rows_per_seq, int emb_dim);
+cudaError_t k_sampled_softmax_fused(float *loss, float *d_pos, float *d_q, float *d_neg, const gp_bf16 *q,
+                                    const gp_bf16 *neg, const float *pos_logit, const int32_t *label,
+                                    const int32_t *neg_ids, int64_t n_seq, int rows_per_seq, int n_neg, int emb_dim,
+                                    float inv_temp, int logq, float scale, cudaStream_t s);
 /* Full softmax cross-entropy rows: logits [rows][n_classes] fp32 (row stride ld, already times
  * inv_temp), label[r] in [0, n_classes) or -100 (row skipped: loss 0, zero gradient).
  * loss[r] = logsumexp - z_label; d_logits[r*ld + c] = bf16(scale * (softmax_c - [c == label])),

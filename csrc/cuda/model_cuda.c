@@ -41,6 +41,9 @@ struct cuda_model {
     backend_opts opts;
     int B, S, T, N, D, E, F, H, C, Cpad, L, chunk;
     int B_cur; /* sequences in the current micro-batch */
+    /* the item head's sampled softmax in k_sampled_softmax_fused (no logits buffer for it) rather
+     * than GEMMs around k_sampled_softmax_rows: backend_opts.sampled_softmax_kernel */
+    int item_fused;
     /* attention: cuDNN when attn is non-NULL and attn_cudnn_now (this micro-batch has a plan) */
     cudnn_attn *attn;
     int attn_cudnn_now;
@@ -168,7 +171,7 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_pos = carve(base, &c, F32(BS));
     m->Nnorm = carve(base, &c, F32(BN));
     m->Nn16 = carve(base, &c, B16(BN * E));
-    size_t width = N > Cp ? N : Cp;
+    size_t width = m->item_fused ? Cp : (N > Cp ? N : Cp);
     m->logits = carve(base, &c, F32((size_t)m->chunk * S * width));
     m->dlog16 = carve(base, &c, B16((size_t)m->chunk * S * width));
     m->row_loss = carve(base, &c, F32(BS));
@@ -508,7 +511,18 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
     m->C = (int)c->n_cates;
     m->Cpad = (m->C + 7) & ~7;
     m->L = c->n_layers;
-    size_t width = (size_t)(m->N > m->Cpad ? m->N : m->Cpad);
+    if (m->N > 0) {
+        const int fits = k_sampled_softmax_fused_supported(m->S, m->E);
+        if (opts->sampled_softmax_kernel == SOFTMAX_KERNEL_FUSED && !fits) {
+            gp_fail(e, "sampled_softmax_kernel = fused needs embedding_dim 32 or 64 and max_history <= 256 (this "
+                       "model: embedding_dim %d, max_history %d); use auto or gemm",
+                    m->E, m->S);
+            free(m);
+            return NULL;
+        }
+        m->item_fused = fits && opts->sampled_softmax_kernel != SOFTMAX_KERNEL_GEMM;
+    }
+    size_t width = (size_t)(m->item_fused ? m->Cpad : (m->N > m->Cpad ? m->N : m->Cpad));
     size_t per_seq = (size_t)m->S * width * (sizeof(float) + sizeof(gp_bf16));
     m->chunk = (int)GP_MAX(1, GP_MIN((size_t)m->B, LOGIT_CHUNK_BYTES / (per_seq ? per_seq : 1)));
     m->xs = gp_xcalloc((size_t)m->L + 1, sizeof *m->xs);
@@ -1001,7 +1015,11 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
         else
             CU(k_gather_rows(NULL, m->Nn16, m->item, md->neg_row, BN, E, s));
         const float scale = grad_scale * c->w_item / (float)bs->n_item * inv_temp;
-        for (int b0 = 0; b0 < Bc; b0 += m->chunk) {
+        if (m->item_fused)
+            CU(k_sampled_softmax_fused(m->row_loss, m->d_pos, backward ? m->d_Hn : NULL, backward ? m->d_Nn : NULL,
+                                       m->Hn16, m->Nn16, m->pos_logit, md->item_lab, md->neg_raw, Bc, S, N, E,
+                                       inv_temp, c->logq, scale, s));
+        for (int b0 = 0; !m->item_fused && b0 < Bc; b0 += m->chunk) {
             int cb = GP_MIN(m->chunk, Bc - b0);
             gemm_args g = {.trans_a = 0, .trans_b = 1, .M = S, .N = N, .K = E, .A = m->Hn16 + (size_t)b0 * S * E,
                            .lda = E, .stride_a = (int64_t)S * E, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,

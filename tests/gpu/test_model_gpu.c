@@ -9,6 +9,7 @@
 #include "cuda/attention_cudnn.h"
 #include "dataset.h"
 #include "gpu/gpu_check.h"
+#include "kernels.h"
 #include "model.h"
 #include "settings.h"
 #include "support/golden.h"
@@ -160,7 +161,7 @@ static int make_layout(model_layout *l, const rand_case *rc, gp_err *e)
     return model_layout_build(l, &c, e);
 }
 
-static void run_random_case_with(const rand_case *rc, uint64_t seed, int attention_kernel)
+static void run_random_case_with(const rand_case *rc, uint64_t seed, int attention_kernel, int softmax_kernel)
 {
     REQUIRE(gpu_present(), "no GPU");
     gp_err e = {{0}};
@@ -179,7 +180,8 @@ static void run_random_case_with(const rand_case *rc, uint64_t seed, int attenti
     batch x;
     gp_rng r = gp_rng_stream(seed, RNG_PURPOSE_TEST, 77, 0);
     random_batch(&x, rc, &r);
-    backend_opts opts = {.max_batch = rc->B, .attention_kernel = attention_kernel};
+    backend_opts opts = {.max_batch = rc->B, .attention_kernel = attention_kernel,
+                         .sampled_softmax_kernel = softmax_kernel};
     backend *cpu = backend_cpu_create(&l, &opts, &e), *gpu = backend_cuda_create(&l, &opts, &e);
     REQUIRE(cpu && gpu, "%s", e.msg);
     REQUIRE(cpu->set_params(cpu, sparse, dense, &e) == 0 && gpu->set_params(gpu, sparse, dense, &e) == 0, "%s", e.msg);
@@ -258,16 +260,21 @@ static void run_random_case_with(const rand_case *rc, uint64_t seed, int attenti
 }
 
 /* Each random case runs with the own attention kernels and, where cuDNN takes the shape, with
- * cuDNN's fused attention. */
+ * cuDNN's fused attention; a pretraining case whose item head takes the fused sampled softmax
+ * (the default there) runs once more with the GEMM path. */
 static void run_random_case(const rand_case *rc, uint64_t seed)
 {
-    run_random_case_with(rc, seed, ATTN_KERNEL_OWN);
+    run_random_case_with(rc, seed, ATTN_KERNEL_OWN, SOFTMAX_KERNEL_AUTO);
+    if (rc->N > 0 && k_sampled_softmax_fused_supported(rc->S, rc->emb ? rc->emb : rc->dim)) {
+        printf("    (item head through the GEMM path)\n");
+        run_random_case_with(rc, seed, ATTN_KERNEL_OWN, SOFTMAX_KERNEL_GEMM);
+    }
     int hd = rc->dim / rc->heads;
     char why[200];
     cudnn_attn_shape sh = {.n_heads = rc->heads, .head_dim = hd, .max_len = rc->S + 1, .max_seq = rc->B,
                            .causal = rc->causal};
     if (cudnn_attn_supported(&sh, why, sizeof why))
-        run_random_case_with(rc, seed, ATTN_KERNEL_CUDNN);
+        run_random_case_with(rc, seed, ATTN_KERNEL_CUDNN, SOFTMAX_KERNEL_AUTO);
     else
         printf("    (cuDNN attention skipped: %s)\n", why);
 }
