@@ -24,7 +24,7 @@ pack() { tar czf "$out_root/session.tgz" -C "$out" . 2>/dev/null; }
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   nvcc --version | tail -1
-  git rev-parse --short HEAD 2>/dev/null
+  echo "${GIT_REV:-$(git rev-parse --short HEAD 2>/dev/null)}"
   ls /usr/lib/x86_64-linux-gnu/libcudnn.so* 2>/dev/null | head -3
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"

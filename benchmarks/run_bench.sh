@@ -16,7 +16,7 @@
 # per configuration, default 30), BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
 # included, default 270), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
 # torch; default the first of python3, /opt/torch/.venv/bin/python3 that imports it), GIT_REV
-# (the revision, where the tree is not a git checkout), BENCH_README=1 (also regenerate the
+# (the revision, where the tree is not a git checkout or its .git is older than the tree), BENCH_README=1 (also regenerate the
 # README's step table from this run).
 # Time on one H200: kernels ~1 min, steps ~1 min, PyTorch <= BENCH_TORCH_BUDGET_S + ~30 s.
 set -u
@@ -41,7 +41,9 @@ if [ -z "$py" ]; then
   done
 fi
 rev=${GIT_REV:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
-dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | head -1)
+# a GIT_REV given names the tree; the copy's own git metadata may be older than it
+dirty=""
+[ -n "${GIT_REV:-}" ] || dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | head -1)
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1)"
