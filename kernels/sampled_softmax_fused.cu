@@ -21,9 +21,12 @@
  * The work is 4 logits-sized products instead of 3 (the recompute): the kernel trades FLOPs for
  * bytes, and pays where the embedding is narrow (E = 32 or 64) and the tile products cheap.
  * Wider embeddings and longer sequences take the GEMM path (k_sampled_softmax_fused_supported).
- * At L4H64A4 (512 x 200 rows, 4096 negatives, E = 64) it takes 1.50 ms on an H100 against 3.01
- * for the GEMM path (bench_kernels item_head). It is latency-bound: 16 warps a SM (registers
- * allow one CTA), about 1.5 instructions issued per cycle.
+ * One barrier per tile: the gradient tile is double-buffered, and d_neg of a tile is computed
+ * in the next iteration while the owners fill the other buffer; pass 2 skips the id test on the
+ * tiles where pass 1 found nothing to mask.
+ * At L4H64A4 (512 x 200 rows, 4096 negatives, E = 64) it takes 1.39 ms on an H100 against 2.97
+ * for the GEMM path (bench_kernels item_head). It is latency-bound: registers allow one CTA of
+ * 16 warps per SM (ncu: 0.7 eligible warps per scheduler, 1.5 instructions issued per cycle).
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -59,7 +62,7 @@ template <int E>
 static size_t ssf_smem_bytes(int rows_per_seq)
 {
     const size_t rows_pad = (size_t)((rows_per_seq + 15) / 16) * 16;
-    return (rows_pad * SsfShape<E>::STR + 2 * SSF_TILE * SsfShape<E>::STR + rows_pad * SSF_PSTR) * sizeof(uint16_t) +
+    return (rows_pad * SsfShape<E>::STR + 2 * SSF_TILE * SsfShape<E>::STR + 2 * rows_pad * SSF_PSTR) * sizeof(uint16_t) +
            2 * SSF_TILE * sizeof(int32_t);
 }
 
@@ -85,10 +88,9 @@ __device__ __forceinline__ void cp_async_commit()
     asm volatile("cp.async.commit_group;\n" ::);
 }
 
-/* Wait until at most one committed group (the prefetch of the next tile) is in flight. */
-__device__ __forceinline__ void cp_async_wait_all_but_one()
+__device__ __forceinline__ void cp_async_wait_all()
 {
-    asm volatile("cp.async.wait_group 1;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p)
@@ -166,8 +168,9 @@ struct RowGrad {
 
 /* Set this thread's entries of the tile that are excluded (negative id == the row's label) or
  * past the end (column >= valid) to -inf, and count the kept ones of each row. Most tiles have
- * neither: one pass over the ids says so and the entries are left alone. */
-__device__ __forceinline__ void mask_tile(float (&acc)[SSF_TBLK][4], const int32_t *idt, int tig, int32_t y_lo,
+ * neither: one pass over the ids says so (the return value: true) and the entries are left
+ * alone. */
+__device__ __forceinline__ bool mask_tile(float (&acc)[SSF_TBLK][4], const int32_t *idt, int tig, int32_t y_lo,
                                           int32_t y_hi, int valid, int &kept_lo, int &kept_hi)
 {
     int2 id[SSF_TBLK];
@@ -180,7 +183,7 @@ __device__ __forceinline__ void mask_tile(float (&acc)[SSF_TBLK][4], const int32
     if (clean) {
         kept_lo += 2 * SSF_TBLK;
         kept_hi += 2 * SSF_TBLK;
-        return;
+        return true;
     }
 #pragma unroll
     for (int nt = 0; nt < SSF_TBLK; nt++)
@@ -196,6 +199,38 @@ __device__ __forceinline__ void mask_tile(float (&acc)[SSF_TBLK][4], const int32
             else
                 kept_hi++;
         }
+    return false;
+}
+
+/* d_neg of one tile (64 negatives x E) = sum over the sequence's rows of P^T Q, by 4 E/16 warps
+ * each owning 16 negatives x 16 columns: A = P^T from the gradient tile P[r][j] and B = Q from
+ * Q[r][e], both transposed on load. One writer per element. */
+template <int E>
+__device__ __forceinline__ void dneg_tile(float *__restrict__ d_neg, const uint16_t *ps, const uint16_t *qs, int nb,
+                                          int64_t seq, int tile, int n_neg, int warp, int lane)
+{
+    using Sh = SsfShape<E>;
+    const int g = lane >> 2, tig = lane & 3;
+    const int mb = warp & 3, cg = warp >> 2;
+    float dn[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    const int arow = (lane & 7) + ((lane >> 4) << 3), acol = ((lane >> 3) & 1) << 3;
+    const int brow = (lane & 7) + (((lane >> 3) & 1) << 3), bcol = (lane >> 4) << 3;
+    for (int rb = 0; rb < nb; rb++) {
+        uint32_t a[4], bq[4];
+        ldmatrix_x4_trans(a, ps + (rb * 16 + arow) * SSF_PSTR + mb * 16 + acol);
+        ldmatrix_x4_trans(bq, qs + (rb * 16 + brow) * Sh::STR + cg * 16 + bcol);
+        mma_bf16(dn[0], a, bq[0], bq[1]);
+        mma_bf16(dn[1], a, bq[2], bq[3]);
+    }
+    const int j_lo = tile * SSF_TILE + mb * 16 + g, j_hi = j_lo + 8;
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+        const int e = cg * 16 + n * 8 + 2 * tig;
+        if (j_lo < n_neg)
+            *reinterpret_cast<float2 *>(d_neg + (seq * n_neg + j_lo) * E + e) = make_float2(dn[n][0], dn[n][1]);
+        if (j_hi < n_neg)
+            *reinterpret_cast<float2 *>(d_neg + (seq * n_neg + j_hi) * E + e) = make_float2(dn[n][2], dn[n][3]);
+    }
 }
 
 template <int E>
@@ -251,8 +286,8 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
     const int nb = (S + 15) / 16, rows_pad = nb * 16;
     uint16_t *qs = reinterpret_cast<uint16_t *>(ssf_smem);
     uint16_t *ks = qs + rows_pad * Sh::STR;             /* two tiles */
-    uint16_t *ps = ks + 2 * SSF_TILE * Sh::STR;         /* [rows_pad][SSF_PSTR] gradient tile */
-    int32_t *ids_s = reinterpret_cast<int32_t *>(ps + rows_pad * SSF_PSTR); /* two tiles */
+    uint16_t *ps = ks + 2 * SSF_TILE * Sh::STR;         /* two [rows_pad][SSF_PSTR] gradient tiles */
+    int32_t *ids_s = reinterpret_cast<int32_t *>(ps + 2 * rows_pad * SSF_PSTR); /* two tiles */
 
     const int64_t b = blockIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
@@ -283,16 +318,23 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
     for (int n = 0; n < Sh::EBLK; n++)
         dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 
+    /* tiles of pass 1 (< 64) in which this thread had nothing to mask: pass 2 skips the ids */
+    uint64_t clean_tiles = 0;
     const int total = backward ? 2 * n_tiles : n_tiles;
+    /* One barrier per tile: after it, tile `it` has landed, every warp is done with the previous
+     * iteration (so the other K buffer and the older gradient tile may be refilled), and the
+     * gradient tile of iteration it - 1 is complete. d_neg of a pass-2 tile is computed one
+     * iteration later, from its own gradient buffer, while the owners fill the other. */
     for (int it = 0; it < total; it++) {
         const int tile = it < n_tiles ? it : it - n_tiles, buf = it & 1;
         const bool pass2 = it >= n_tiles;
+        cp_async_wait_all();
+        __syncthreads();
         if (it + 1 < total)
             stage_negatives<E>(ks + (buf ^ 1) * SSF_TILE * Sh::STR, ids_s + (buf ^ 1) * SSF_TILE, negb, idb,
                                it + 1 < n_tiles ? it + 1 : it + 1 - n_tiles, n_neg);
         cp_async_commit();
-        cp_async_wait_all_but_one();
-        __syncthreads();
+        uint16_t *pt = ps + (tile & 1) * rows_pad * SSF_PSTR; /* this pass-2 tile's gradient buffer */
         const uint16_t *kt = ks + buf * SSF_TILE * Sh::STR;
         const int32_t *idt = ids_s + buf * SSF_TILE;
         if (owner) {
@@ -310,7 +352,8 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
                 for (int c = 0; c < 4; c++)
                     acc[nt][c] *= x_scale;
             if (!pass2) {
-                mask_tile(acc, idt, tig, y_lo, y_hi, valid, st_lo.kept, st_hi.kept);
+                if (mask_tile(acc, idt, tig, y_lo, y_hi, valid, st_lo.kept, st_hi.kept) && tile < 64)
+                    clean_tiles |= 1ull << tile;
                 float tm_lo = st_lo.m, tm_hi = st_hi.m;
 #pragma unroll
                 for (int nt = 0; nt < SSF_TBLK; nt++) {
@@ -336,7 +379,8 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
             } else {
                 /* gradient tile: to registers as the A fragments of P K, and to shared memory */
                 int unused_lo = 0, unused_hi = 0;
-                mask_tile(acc, idt, tig, y_lo, y_hi, valid, unused_lo, unused_hi);
+                if (tile >= 64 || !(clean_tiles >> tile & 1))
+                    mask_tile(acc, idt, tig, y_lo, y_hi, valid, unused_lo, unused_hi);
                 uint32_t pa[SSF_TILE / 16][4];
 #pragma unroll
                 for (int nt = 0; nt < SSF_TBLK; nt++) {
@@ -346,8 +390,8 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
                                                     ex2(acc[nt][3] - rg_hi.c) * rg_hi.g_mul);
                     pa[nt >> 1][(nt & 1) * 2 + 0] = lo;
                     pa[nt >> 1][(nt & 1) * 2 + 1] = hi;
-                    *reinterpret_cast<uint32_t *>(ps + r_lo * SSF_PSTR + nt * 8 + 2 * tig) = lo;
-                    *reinterpret_cast<uint32_t *>(ps + r_hi * SSF_PSTR + nt * 8 + 2 * tig) = hi;
+                    *reinterpret_cast<uint32_t *>(pt + r_lo * SSF_PSTR + nt * 8 + 2 * tig) = lo;
+                    *reinterpret_cast<uint32_t *>(pt + r_hi * SSF_PSTR + nt * 8 + 2 * tig) = hi;
                 }
                 /* d_q += P K: B fragments (k = negative, n = e) from K[j][e], transposed:
                  * matrices (j 0..7 | 8..15) x (e 0..7 | 8..15) give b0, b1 of e-blocks 2q, 2q + 1 */
@@ -388,36 +432,14 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
                 }
             }
         }
-        if (pass2) {
-            __syncthreads(); /* the gradient tile is complete */
-            if (warp < Sh::DN_UNITS) {
-                /* d_neg of 16 negatives x 16 columns = sum over rows of P^T Q: A = P^T from
-                 * P[r][j] and B = Q from Q[r][e], both transposed on load */
-                const int mb = warp & 3, cg = warp >> 2;
-                float dn[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-                const int arow = (lane & 7) + ((lane >> 4) << 3), acol = ((lane >> 3) & 1) << 3;
-                const int brow = (lane & 7) + (((lane >> 3) & 1) << 3), bcol = (lane >> 4) << 3;
-                for (int rb = 0; rb < nb; rb++) {
-                    uint32_t a[4], bq[4];
-                    ldmatrix_x4_trans(a, ps + (rb * 16 + arow) * SSF_PSTR + mb * 16 + acol);
-                    ldmatrix_x4_trans(bq, qs + (rb * 16 + brow) * Sh::STR + cg * 16 + bcol);
-                    mma_bf16(dn[0], a, bq[0], bq[1]);
-                    mma_bf16(dn[1], a, bq[2], bq[3]);
-                }
-                const int j_lo = tile * SSF_TILE + mb * 16 + g, j_hi = j_lo + 8;
-#pragma unroll
-                for (int n = 0; n < 2; n++) {
-                    const int e = cg * 16 + n * 8 + 2 * tig;
-                    if (j_lo < n_neg)
-                        *reinterpret_cast<float2 *>(d_neg + (b * n_neg + j_lo) * E + e) =
-                            make_float2(dn[n][0], dn[n][1]);
-                    if (j_hi < n_neg)
-                        *reinterpret_cast<float2 *>(d_neg + (b * n_neg + j_hi) * E + e) =
-                            make_float2(dn[n][2], dn[n][3]);
-                }
-            }
-        }
-        __syncthreads(); /* this buffer and the gradient tile are refilled next */
+        if (it > n_tiles && warp < Sh::DN_UNITS) /* d_neg of the previous pass-2 tile */
+            dneg_tile<E>(d_neg, ps + ((tile - 1) & 1) * rows_pad * SSF_PSTR, qs, nb, b, tile - 1, n_neg, warp, lane);
+    }
+    if (backward) {
+        __syncthreads(); /* the last gradient tile is complete */
+        if (warp < Sh::DN_UNITS)
+            dneg_tile<E>(d_neg, ps + ((n_tiles - 1) & 1) * rows_pad * SSF_PSTR, qs, nb, b, n_tiles - 1, n_neg, warp,
+                         lane);
     }
 
     if (backward && owner) {
