@@ -31,6 +31,25 @@ constexpr int ATT_TILE = 64;             /* streamed rows per shared-memory tile
 constexpr float ATT_LOG2E = 1.4426950408889634f;
 constexpr float ATT_LN2 = 0.6931471805599453f;
 
+/* The CTA's (sequence, head, first row block) from a 1-D grid of n_seq x n_heads x zdim CTAs,
+ * the row blocks of a head and the heads of a sequence adjacent: the CTAs reading one
+ * sequence's q/k/v rows run together and share their L2 sectors (with the sequence in the
+ * slowest grid dimension instead of the fastest, every head of a row was fetched by CTAs
+ * thousands apart). */
+struct AttnBlock {
+    int seq, h, z;
+};
+
+__device__ __forceinline__ AttnBlock attn_block(int n_heads, int zdim)
+{
+    const uint32_t bid = blockIdx.x, t = bid / (uint32_t)zdim;
+    AttnBlock b;
+    b.z = (int)(bid - t * (uint32_t)zdim);
+    b.seq = (int)(t / (uint32_t)n_heads);
+    b.h = (int)(t - (uint32_t)b.seq * (uint32_t)n_heads);
+    return b;
+}
+
 template <int HD>
 struct AttnShape {
     static_assert(HD == 8 || HD == 16 || HD == 32 || HD == 64, "head_dim must be 8, 16, 32 or 64");
@@ -45,6 +64,12 @@ struct AttnShape {
     static constexpr int TSTR = ATT_TILE + 8;
     static constexpr int TBLK = ATT_TILE / 8;  /* n8 blocks over a tile */
     static constexpr int TSTEPS = ATT_TILE / 16; /* k16 steps over a tile */
+    /* CTAs per SM the register budget is held to (__launch_bounds__) */
+    /* At head_dim <= 16 the forward fits 80 registers without spilling (6 CTAs, 24 warps a SM)
+     * and both backward kernels 128 (4 CTAs); a tighter budget makes them spill. */
+    static constexpr int FWD_BLOCKS = HD <= 16 ? 6 : 3;
+    static constexpr int DQ_BLOCKS = HD <= 16 ? 4 : 3;
+    static constexpr int DKDV_BLOCKS = HD <= 16 ? 4 : 2;
 };
 
 /* D = A * B + D, A 16x16 (row), B 16x8 (col), bf16 in, fp32 accumulate. */
@@ -176,19 +201,20 @@ __device__ __forceinline__ void store_rows(uint16_t *row_lo, uint16_t *row_hi, c
 }
 
 /* ---- forward ---------------------------------------------------------------------------- */
-/* grid (n_seq, n_heads, query blocks); a CTA loops over query blocks z, z + gridDim.z, ... so
+/* grid: attn_grid (1-D, see attn_block); a CTA loops over query blocks z, z + zdim, ... so
  * every row is covered whatever max_len sized the grid. */
 template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS, 3)
+__global__ void __launch_bounds__(ATT_THREADS, AttnShape<HD>::FWD_BLOCKS)
     attn_fwd_kernel(uint16_t *__restrict__ out, float *__restrict__ lse, const uint16_t *__restrict__ qkv,
                     const int32_t *__restrict__ seq_off, const int32_t *__restrict__ seq_len, int n_heads, int causal,
-                    float scale_log2)
+                    int zdim, float scale_log2)
 {
     using S = AttnShape<HD>;
     __shared__ __align__(16) uint16_t ks[ATT_TILE * S::RSTR]; /* K tile, [key][d] */
     __shared__ __align__(16) uint16_t vt[HD * S::TSTR];       /* V tile transposed, [d][key] */
 
-    const int seq = blockIdx.x, h = blockIdx.y;
+    const AttnBlock blk = attn_block(n_heads, zdim);
+    const int seq = blk.seq, h = blk.h;
     const int L = seq_len[seq];
     const int64_t row0 = seq_off[seq];
     const int D = n_heads * HD;
@@ -198,7 +224,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 3)
     const uint16_t *v_base = q_base + 2 * D;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
 
-    for (int q0 = blockIdx.z * ATT_ROWS; q0 < L; q0 += gridDim.z * ATT_ROWS) {
+    for (int q0 = blk.z * ATT_ROWS; q0 < L; q0 += zdim * ATT_ROWS) {
         const int r0 = q0 + warp * 16; /* this warp's query rows r0 .. r0 + 15 */
         const int t_lo = r0 + g, t_hi = r0 + g + 8;
         const bool active = r0 < L;
@@ -314,11 +340,12 @@ __global__ void __launch_bounds__(ATT_THREADS, 3)
  *   P^T = exp(S^T - lse), dP^T = V dO^T, dS^T = P^T (dP^T - D),
  *   dV += P^T dO, dK += dS^T Q (times the softmax scale at the end). */
 template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS, 2)
+__global__ void __launch_bounds__(ATT_THREADS, AttnShape<HD>::DKDV_BLOCKS)
     attn_bwd_dkdv_kernel(uint16_t *__restrict__ d_qkv, const uint16_t *__restrict__ d_out,
                          const uint16_t *__restrict__ qkv, const uint16_t *__restrict__ out,
                          const float *__restrict__ lse, const int32_t *__restrict__ seq_off,
-                         const int32_t *__restrict__ seq_len, int n_heads, int causal, float scale_log2, float scale)
+                         const int32_t *__restrict__ seq_len, int n_heads, int causal, int zdim, float scale_log2,
+                         float scale)
 {
     using S = AttnShape<HD>;
     __shared__ __align__(16) uint16_t qs[ATT_TILE * S::RSTR];  /* Q tile [t][d] */
@@ -328,7 +355,8 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
     __shared__ float lse2s[ATT_TILE];                          /* lse * log2(e) */
     __shared__ float dds[ATT_TILE];                            /* D = <dO, O> */
 
-    const int seq = blockIdx.x, h = blockIdx.y;
+    const AttnBlock blk = attn_block(n_heads, zdim);
+    const int seq = blk.seq, h = blk.h;
     const int L = seq_len[seq];
     const int64_t row0 = seq_off[seq];
     const int D = n_heads * HD;
@@ -341,7 +369,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
     uint16_t *dq_base = d_qkv + row0 * ld + (int64_t)h * HD;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
 
-    for (int kb0 = blockIdx.z * ATT_ROWS; kb0 < L; kb0 += gridDim.z * ATT_ROWS) {
+    for (int kb0 = blk.z * ATT_ROWS; kb0 < L; kb0 += zdim * ATT_ROWS) {
         const int j0 = kb0 + warp * 16; /* this warp's keys j0 .. j0 + 15 */
         const int j_lo = j0 + g, j_hi = j0 + g + 8;
         const bool active = j0 < L;
@@ -430,11 +458,12 @@ __global__ void __launch_bounds__(ATT_THREADS, 2)
 /* ---- backward: dQ (query owners) ------------------------------------------------------------ */
 /* P = exp(Q K^T - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K (times the scale at the end). */
 template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS, 3)
+__global__ void __launch_bounds__(ATT_THREADS, AttnShape<HD>::DQ_BLOCKS)
     attn_bwd_dq_kernel(uint16_t *__restrict__ d_qkv, const uint16_t *__restrict__ d_out,
                        const uint16_t *__restrict__ qkv, const uint16_t *__restrict__ out,
                        const float *__restrict__ lse, const int32_t *__restrict__ seq_off,
-                       const int32_t *__restrict__ seq_len, int n_heads, int causal, float scale_log2, float scale)
+                       const int32_t *__restrict__ seq_len, int n_heads, int causal, int zdim, float scale_log2,
+                       float scale)
 {
     using S = AttnShape<HD>;
     __shared__ __align__(16) uint16_t ks[ATT_TILE * S::RSTR]; /* K tile [key][d] */
@@ -443,7 +472,8 @@ __global__ void __launch_bounds__(ATT_THREADS, 3)
     __shared__ float lse2s[ATT_ROWS];
     __shared__ float dds[ATT_ROWS];
 
-    const int seq = blockIdx.x, h = blockIdx.y;
+    const AttnBlock blk = attn_block(n_heads, zdim);
+    const int seq = blk.seq, h = blk.h;
     const int L = seq_len[seq];
     const int64_t row0 = seq_off[seq];
     const int D = n_heads * HD;
@@ -456,7 +486,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 3)
     uint16_t *dq_base = d_qkv + row0 * ld + (int64_t)h * HD;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
 
-    for (int q0 = blockIdx.z * ATT_ROWS; q0 < L; q0 += gridDim.z * ATT_ROWS) {
+    for (int q0 = blk.z * ATT_ROWS; q0 < L; q0 += zdim * ATT_ROWS) {
         __syncthreads(); /* lse2s / dds of the previous block are read */
         for (int i = threadIdx.x; i < ATT_ROWS; i += ATT_THREADS) {
             const int t = q0 + i;
@@ -537,37 +567,44 @@ __global__ void __launch_bounds__(ATT_THREADS, 3)
 /* ---- launchers ---------------------------------------------------------------------------- */
 bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
-/* Grid (n_seq, n_heads, row blocks), or an error when a size cannot be launched. */
-cudaError_t attn_grid(dim3 *grid, int n_seq, int max_len, int n_heads, int head_dim)
+/* The 1-D grid of attn_block: n_seq x n_heads x zdim CTAs, zdim the row blocks of max_len (fewer
+ * when the grid would pass 2^31 - 1 CTAs: a CTA then loops over row blocks z, z + zdim, ...), or
+ * an error when a size cannot be launched. */
+cudaError_t attn_grid(dim3 *grid, int *zdim, int n_seq, int max_len, int n_heads, int head_dim)
 {
     if (head_dim != 8 && head_dim != 16 && head_dim != 32 && head_dim != 64)
         return cudaErrorInvalidValue;
-    if (n_heads > 65535 || (int64_t)n_heads * head_dim * 3 > INT32_MAX)
+    if ((int64_t)n_heads * head_dim * 3 > INT32_MAX || (int64_t)n_seq * n_heads > INT32_MAX)
         return cudaErrorInvalidValue;
-    const int blocks = (max_len + ATT_ROWS - 1) / ATT_ROWS;
-    *grid = dim3((unsigned)n_seq, (unsigned)n_heads, (unsigned)(blocks < 65535 ? blocks : 65535));
+    const int64_t per_head = (int64_t)n_seq * n_heads;
+    int64_t blocks = (max_len + ATT_ROWS - 1) / ATT_ROWS;
+    if (blocks * per_head > INT32_MAX)
+        blocks = INT32_MAX / per_head;
+    *zdim = (int)blocks;
+    *grid = dim3((unsigned)(blocks * per_head));
     return cudaSuccess;
 }
 
 template <int HD>
-void launch_fwd(dim3 grid, cudaStream_t s, gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
-                const int32_t *seq_len, int n_heads, int causal)
+void launch_fwd(dim3 grid, int zdim, cudaStream_t s, gp_bf16 *out, float *lse, const gp_bf16 *qkv,
+                const int32_t *seq_off, const int32_t *seq_len, int n_heads, int causal)
 {
     const float scale_log2 = (float)(1.0 / sqrt((double)HD) * 1.4426950408889634);
-    attn_fwd_kernel<HD><<<grid, ATT_THREADS, 0, s>>>(out, lse, qkv, seq_off, seq_len, n_heads, causal, scale_log2);
+    attn_fwd_kernel<HD>
+        <<<grid, ATT_THREADS, 0, s>>>(out, lse, qkv, seq_off, seq_len, n_heads, causal, zdim, scale_log2);
 }
 
 template <int HD>
-void launch_bwd(dim3 grid, cudaStream_t s, gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv,
+void launch_bwd(dim3 grid, int zdim, cudaStream_t s, gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv,
                 const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_heads,
                 int causal)
 {
     const float scale = (float)(1.0 / sqrt((double)HD));
     const float scale_log2 = (float)(1.0 / sqrt((double)HD) * 1.4426950408889634);
     attn_bwd_dkdv_kernel<HD><<<grid, ATT_THREADS, 0, s>>>(d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads,
-                                                          causal, scale_log2, scale);
+                                                          causal, zdim, scale_log2, scale);
     attn_bwd_dq_kernel<HD><<<grid, ATT_THREADS, 0, s>>>(d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads,
-                                                        causal, scale_log2, scale);
+                                                        causal, zdim, scale_log2, scale);
 }
 
 } // namespace
@@ -579,16 +616,17 @@ extern "C" cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *
     if (n_seq <= 0 || max_len <= 0 || n_heads <= 0)
         return cudaSuccess;
     dim3 grid;
-    cudaError_t e = attn_grid(&grid, n_seq, max_len, n_heads, head_dim);
+    int zdim = 0;
+    cudaError_t e = attn_grid(&grid, &zdim, n_seq, max_len, n_heads, head_dim);
     if (e != cudaSuccess)
         return e;
     if (!aligned16(out) || !aligned16(qkv))
         return cudaErrorInvalidValue;
     switch (head_dim) {
-    case 8: launch_fwd<8>(grid, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
-    case 16: launch_fwd<16>(grid, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
-    case 32: launch_fwd<32>(grid, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
-    default: launch_fwd<64>(grid, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
+    case 8: launch_fwd<8>(grid, zdim, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
+    case 16: launch_fwd<16>(grid, zdim, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
+    case 32: launch_fwd<32>(grid, zdim, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
+    default: launch_fwd<64>(grid, zdim, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
     }
     return cudaGetLastError();
 }
@@ -600,16 +638,17 @@ extern "C" cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, con
     if (n_seq <= 0 || max_len <= 0 || n_heads <= 0)
         return cudaSuccess;
     dim3 grid;
-    cudaError_t e = attn_grid(&grid, n_seq, max_len, n_heads, head_dim);
+    int zdim = 0;
+    cudaError_t e = attn_grid(&grid, &zdim, n_seq, max_len, n_heads, head_dim);
     if (e != cudaSuccess)
         return e;
     if (!aligned16(d_qkv) || !aligned16(d_out) || !aligned16(qkv) || !aligned16(out))
         return cudaErrorInvalidValue;
     switch (head_dim) {
-    case 8: launch_bwd<8>(grid, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
-    case 16: launch_bwd<16>(grid, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
-    case 32: launch_bwd<32>(grid, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
-    default: launch_bwd<64>(grid, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
+    case 8: launch_bwd<8>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
+    case 16: launch_bwd<16>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
+    case 32: launch_bwd<32>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
+    default: launch_bwd<64>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
     }
     return cudaGetLastError();
 }
