@@ -622,3 +622,28 @@ TEST(gpu_batch_packing_threads_and_bad_ids)
     backend_destroy(g7);
     model_layout_free(&l);
 }
+
+/* sampled_softmax_kernel = fused on a shape the fused kernel does not take (embedding_dim 128) is
+ * refused with the reason; auto takes the GEMM path there and builds. */
+TEST(gpu_sampled_softmax_kernel_setting)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    rand_case rc = {.dim = 128, .layers = 1, .heads = 4, .emb = 0, .S = 20, .B = 4, .N = 16, .causal = 1,
+                    .stage = STAGE_PRETRAIN, .items = 100, .cates = 5};
+    gp_err e = {{0}};
+    model_layout l;
+    REQUIRE(make_layout(&l, &rc, &e) == 0, "%s", e.msg);
+    backend_opts fused = {.max_batch = rc.B, .sampled_softmax_kernel = SOFTMAX_KERNEL_FUSED};
+    backend *b = backend_cuda_create(&l, &fused, &e);
+    CHECK(b == NULL && strstr(e.msg, "sampled_softmax_kernel = fused") && strstr(e.msg, "embedding_dim 128"),
+          "fused on embedding_dim 128: %s", b ? "accepted" : e.msg);
+    if (b)
+        backend_destroy(b);
+    gp_err e2 = {{0}};
+    backend_opts autopick = {.max_batch = rc.B, .sampled_softmax_kernel = SOFTMAX_KERNEL_AUTO};
+    b = backend_cuda_create(&l, &autopick, &e2);
+    CHECK(b != NULL, "auto on embedding_dim 128: %s", e2.msg);
+    if (b)
+        backend_destroy(b);
+    model_layout_free(&l);
+}
