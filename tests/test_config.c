@@ -127,6 +127,7 @@ TEST(config_bad_values)
         {"shuffle = maybe\n", "expected true or false"},
         {"attention = sideways\n", "causal|bidirectional"},
         {"device = tpu\n", "auto|cpu|cuda"},
+        {"sampled_softmax_kernel = flash\n", "auto|fused|gemm"},
         {"dim = 64\nn_heads = 3\n", "divisible"},
         {"dim = 12\nn_heads = 4\n", "even"},
         {"lr = 1e-4\nmin_lr = 1e-3\n", "min_lr"},
@@ -141,6 +142,12 @@ TEST(config_bad_values)
         CHECK(strstr(e.msg, cases[i].expect) != NULL, "for %s: message \"%s\" lacks \"%s\"", cases[i].text, e.msg,
               cases[i].expect);
     }
+    /* The CUDA item head's choice resolves on any backend (it is read only by the CUDA one). */
+    memset(&e, 0, sizeof e);
+    CHECK(resolve_text("sampled_softmax_kernel = gemm\n", STAGE_PRETRAIN, &s, &e) == 0 &&
+              s.sampled_softmax_kernel == SOFTMAX_KERNEL_GEMM,
+          "%s", e.msg);
+    CHECK(resolve_text("", STAGE_PRETRAIN, &s, &e) == 0 && s.sampled_softmax_kernel == SOFTMAX_KERNEL_AUTO, "%s", e.msg);
     /* Every value error names the file and the line. */
     resolve_text("dim = 64\nn_layers = lots\n", STAGE_PRETRAIN, &s, &e);
     CHECK(strstr(e.msg, "t.conf:2"), "%s", e.msg);
