@@ -808,7 +808,7 @@ int dist_launch(int nproc, int argc, char **argv, double grace_s)
             _exit(127);
         }
     }
-    int result = 0, alive = nproc, first_failed = -1;
+    int result = 0, alive = nproc, first_failed = -1, cause_known = 0;
     double failed_at = 0;
     while (alive > 0) {
         int status;
@@ -839,14 +839,21 @@ int dist_launch(int nproc, int argc, char **argv, double grace_s)
         pid[r] = 0;
         alive--;
         int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        /* A rank that stopped because of another one's failure is not the cause, and may be reaped
+         * before the rank that is: the first failure starts the grace period, the first failure
+         * that is not a peer's stop is reported and gives the job's status. */
+        const int peer = WIFEXITED(status) && WEXITSTATUS(status) == DIST_EXIT_PEER;
         if (!ok && first_failed < 0) {
-            char what[128];
-            describe_status(status, what, sizeof what);
-            /* A rank that stopped because of another one's failure is not the cause. */
-            if (!(WIFEXITED(status) && WEXITSTATUS(status) == DIST_EXIT_PEER))
-                fprintf(stderr, "gpsdrec: rank %d %s; stopping the job\n", r, what);
             first_failed = r;
             failed_at = now_s();
+            result = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+        if (!ok && !peer && !cause_known) {
+            char what[128];
+            describe_status(status, what, sizeof what);
+            fprintf(stderr, "gpsdrec: rank %d %s; stopping the job\n", r, what);
+            cause_known = 1;
+            first_failed = r;
             result = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         }
     }
