@@ -16,8 +16,8 @@
 # per configuration, default 30), BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
 # included, default 270), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
 # torch; default the first of python3, /opt/torch/.venv/bin/python3 that imports it), GIT_REV
-# (the revision, where the tree is not a git checkout or its .git is older than the tree), BENCH_README=1 (also regenerate the
-# README's step table from this run).
+# (the revision, where the tree is not a git checkout or its .git is older than the tree),
+# BENCH_README=1 (also regenerate the README's step table from this run).
 # Time on one H200: kernels ~1 min, steps ~1 min, PyTorch <= BENCH_TORCH_BUDGET_S + ~30 s.
 set -u
 cd "$(dirname "$0")/.."

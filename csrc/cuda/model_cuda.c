@@ -117,6 +117,13 @@ static void *carve(char *base, size_t *cursor, size_t bytes)
 #define B16(n) ((size_t)(n) * sizeof(gp_bf16))
 #define I32(n) ((size_t)(n) * sizeof(int32_t))
 
+/* Columns of the logits buffer: the category head's (padded) classes, and the item head's
+ * negatives where it goes through the GEMM path. */
+static size_t logits_width(const cuda_model *m)
+{
+    return (size_t)(m->item_fused ? m->Cpad : GP_MAX(m->N, m->Cpad));
+}
+
 static size_t plan_activations(cuda_model *m, char *base)
 {
     size_t c = 0;
@@ -171,7 +178,7 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_pos = carve(base, &c, F32(BS));
     m->Nnorm = carve(base, &c, F32(BN));
     m->Nn16 = carve(base, &c, B16(BN * E));
-    size_t width = m->item_fused ? Cp : (N > Cp ? N : Cp);
+    const size_t width = logits_width(m);
     m->logits = carve(base, &c, F32((size_t)m->chunk * S * width));
     m->dlog16 = carve(base, &c, B16((size_t)m->chunk * S * width));
     m->row_loss = carve(base, &c, F32(BS));
@@ -522,8 +529,7 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
         }
         m->item_fused = fits && opts->sampled_softmax_kernel != SOFTMAX_KERNEL_GEMM;
     }
-    size_t width = (size_t)(m->item_fused ? m->Cpad : (m->N > m->Cpad ? m->N : m->Cpad));
-    size_t per_seq = (size_t)m->S * width * (sizeof(float) + sizeof(gp_bf16));
+    size_t per_seq = (size_t)m->S * logits_width(m) * (sizeof(float) + sizeof(gp_bf16));
     m->chunk = (int)GP_MAX(1, GP_MIN((size_t)m->B, LOGIT_CHUNK_BYTES / (per_seq ? per_seq : 1)));
     m->xs = gp_xcalloc((size_t)m->L + 1, sizeof *m->xs);
     m->layer = gp_xcalloc((size_t)(m->L > 0 ? m->L : 1), sizeof *m->layer);
@@ -987,6 +993,46 @@ fail:
     return -1;
 }
 
+/* The item head's sampled softmax through cuBLASLt (sampled_softmax_kernel = gemm, or where the
+ * fused kernel does not apply), a chunk of sequences at a time through the logits buffer:
+ * logits GEMM, the rows kernel (loss, d_pos, bf16 d_logits), then d_Hn += d_logits Nn and
+ * d_Nn = d_logits^T Hn. */
+static int item_head_gemm(cuda_model *m, float inv_temp, float scale, int backward, gp_err *e)
+{
+    const model_config *c = &m->c;
+    const cu_meta *md = &m->md;
+    cudaStream_t s = m->stream;
+    const int S = m->S, E = m->E, N = m->N, Bc = m->B_cur;
+    for (int b0 = 0; b0 < Bc; b0 += m->chunk) {
+        int cb = GP_MIN(m->chunk, Bc - b0);
+        gemm_args g = {.trans_a = 0, .trans_b = 1, .M = S, .N = N, .K = E, .A = m->Hn16 + (size_t)b0 * S * E,
+                       .lda = E, .stride_a = (int64_t)S * E, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,
+                       .stride_b = (int64_t)N * E, .C = m->logits, .ldc = N, .stride_c = (int64_t)S * N,
+                       .c_type = GEMM_F32, .alpha = inv_temp, .beta = 0.0f, .batch = cb};
+        if (gemm_run(m->gemm, &g, s, e) != 0)
+            return -1;
+        CU(k_sampled_softmax_rows(m->row_loss + (size_t)b0 * S, m->dlog16, m->d_pos + (size_t)b0 * S, m->logits,
+                                  m->pos_logit + (size_t)b0 * S, md->item_lab + (size_t)b0 * S,
+                                  md->neg_raw + (size_t)b0 * N, (int64_t)cb * S, S, N, N, inv_temp, c->logq,
+                                  scale, s));
+        if (!backward)
+            continue;
+        gemm_args dh = {.trans_a = 0, .trans_b = 0, .M = S, .N = E, .K = N, .A = m->dlog16, .lda = N,
+                        .stride_a = (int64_t)S * N, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,
+                        .stride_b = (int64_t)N * E, .C = m->d_Hn + (size_t)b0 * S * E, .ldc = E,
+                        .stride_c = (int64_t)S * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = cb};
+        gemm_args dn = {.trans_a = 1, .trans_b = 0, .M = N, .N = E, .K = S, .A = m->dlog16, .lda = N,
+                        .stride_a = (int64_t)S * N, .B = m->Hn16 + (size_t)b0 * S * E, .ldb = E,
+                        .stride_b = (int64_t)S * E, .C = m->d_Nn + (size_t)b0 * N * E, .ldc = E,
+                        .stride_c = (int64_t)N * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = cb};
+        if (gemm_run(m->gemm, &dh, s, e) != 0 || gemm_run(m->gemm, &dn, s, e) != 0)
+            return -1;
+    }
+    return 0;
+fail:
+    return -1;
+}
+
 /* The item and category heads on the padded [B][S] grid, forward and (optionally) backward. */
 static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, gp_err *e)
 {
@@ -1019,31 +1065,8 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
             CU(k_sampled_softmax_fused(m->row_loss, m->d_pos, backward ? m->d_Hn : NULL, backward ? m->d_Nn : NULL,
                                        m->Hn16, m->Nn16, m->pos_logit, md->item_lab, md->neg_raw, Bc, S, N, E,
                                        inv_temp, c->logq, scale, s));
-        for (int b0 = 0; !m->item_fused && b0 < Bc; b0 += m->chunk) {
-            int cb = GP_MIN(m->chunk, Bc - b0);
-            gemm_args g = {.trans_a = 0, .trans_b = 1, .M = S, .N = N, .K = E, .A = m->Hn16 + (size_t)b0 * S * E,
-                           .lda = E, .stride_a = (int64_t)S * E, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,
-                           .stride_b = (int64_t)N * E, .C = m->logits, .ldc = N, .stride_c = (int64_t)S * N,
-                           .c_type = GEMM_F32, .alpha = inv_temp, .beta = 0.0f, .batch = cb};
-            if (gemm_run(m->gemm, &g, s, e) != 0)
-                return -1;
-            CU(k_sampled_softmax_rows(m->row_loss + (size_t)b0 * S, m->dlog16, m->d_pos + (size_t)b0 * S, m->logits,
-                                      m->pos_logit + (size_t)b0 * S, md->item_lab + (size_t)b0 * S,
-                                      md->neg_raw + (size_t)b0 * N, (int64_t)cb * S, S, N, N, inv_temp, c->logq,
-                                      scale, s));
-            if (!backward)
-                continue;
-            gemm_args dh = {.trans_a = 0, .trans_b = 0, .M = S, .N = E, .K = N, .A = m->dlog16, .lda = N,
-                            .stride_a = (int64_t)S * N, .B = m->Nn16 + (size_t)b0 * N * E, .ldb = E,
-                            .stride_b = (int64_t)N * E, .C = m->d_Hn + (size_t)b0 * S * E, .ldc = E,
-                            .stride_c = (int64_t)S * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = cb};
-            gemm_args dn = {.trans_a = 1, .trans_b = 0, .M = N, .N = E, .K = S, .A = m->dlog16, .lda = N,
-                            .stride_a = (int64_t)S * N, .B = m->Hn16 + (size_t)b0 * S * E, .ldb = E,
-                            .stride_b = (int64_t)S * E, .C = m->d_Nn + (size_t)b0 * N * E, .ldc = E,
-                            .stride_c = (int64_t)N * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = cb};
-            if (gemm_run(m->gemm, &dh, s, e) != 0 || gemm_run(m->gemm, &dn, s, e) != 0)
-                return -1;
-        }
+        else if (item_head_gemm(m, inv_temp, scale, backward, e) != 0)
+            return -1;
         CU(k_sum(m->d_sums + 0, m->row_loss, BS, m->d_scratch, s));
         if (backward) {
             CU(k_row_dot_bwd(m->d_Hn, m->d_Ln, m->d_pos, m->Hn, m->Ln, BS, E, 0, s));
