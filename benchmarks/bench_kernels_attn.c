@@ -6,6 +6,7 @@
  * against the forward's two). Bytes: qkv, out and lse once (and d_out, d_qkv for the backward).
  *
  * Alternatives, labelled as what they are:
+ * - the tiled kernels of attention.cu, where the resident ones (attention_resident.cu) run;
  * - "GEMM-only lower bound of unfused attention": the batched cuBLASLt products an unfused
  *   implementation cannot avoid (forward S = Q K^T and O = P V; backward dV = P^T dO,
  *   dP = dO V^T, dQ = dS K, dK = dS^T Q), over the full L x L (a GEMM cannot skip the masked
@@ -70,6 +71,20 @@ static void l_bwd(void *p, int i)
     attn_ctx *c = p;
     CK(k_attention_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->off, c->len, c->nseq, BK_POSITIONS,
                        c->H, c->hd, c->causal, BK.s));
+}
+
+static void l_tfwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    CK(k_attention_tiled_fwd(c->out[i], c->lse[i], c->qkv[i], c->off, c->len, c->nseq, BK_POSITIONS, c->H, c->hd,
+                             c->causal, BK.s));
+}
+
+static void l_tbwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    CK(k_attention_tiled_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->off, c->len, c->nseq,
+                             BK_POSITIONS, c->H, c->hd, c->causal, BK.s));
 }
 
 static void l_gfwd(void *p, int i)
@@ -154,16 +169,30 @@ static void attn_case(int nseq, int H, int hd, int causal, const char *size, int
     }
     char sh[96];
     snprintf(sh, sizeof sh, "%s %dx%d, %dx%d%s", size, nseq, BK_POSITIONS, H, hd, causal ? " causal" : " bidir");
+    const int resident = k_attention_resident_supported(BK_POSITIONS, hd);
     bk_timing t = bk_time(l_fwd, &c, c.n);
-    bk_meas m = {"attention_fwd", sh, "ours", "k_attention_fwd", fwd_bytes, 0, fwd_flops, fwd_bytes,
-                 "useful FLOPs: 4 L^2 hd per (seq, head), causal half"};
+    bk_meas m = {"attention_fwd", sh, "ours", resident ? "k_attention_fwd (resident)" : "k_attention_fwd (tiled)",
+                 fwd_bytes, 0, fwd_flops, fwd_bytes, "useful FLOPs: 4 L^2 hd per (seq, head), causal half"};
     bk_report(&m, &t, bk_finite_bf16(c.out[0], R * D) && bk_finite_f32(c.lse[0], R * H));
     for (int i = 0; i < c.n; i++) /* every set's out and lse, for the backward */
         l_fwd(&c, i);
     t = bk_time(l_bwd, &c, c.n);
-    bk_meas mb = {"attention_bwd", sh, "ours", "k_attention_bwd (dK/dV + dQ)", bwd_bytes, 0, bwd_flops, bwd_bytes,
-                  "useful FLOPs: 2.5x the forward's"};
+    bk_meas mb = {"attention_bwd", sh, "ours",
+                  resident ? "k_attention_bwd (resident, one kernel)" : "k_attention_bwd (tiled: dK/dV + dQ)",
+                  bwd_bytes, 0, bwd_flops, bwd_bytes, "useful FLOPs: 2.5x the forward's"};
     bk_report(&mb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
+    if (resident) { /* the tiled kernels the resident ones replace at this length */
+        t = bk_time(l_tfwd, &c, c.n);
+        bk_meas tf = {"attention_fwd", sh, "tiled kernels", "k_attention_tiled_fwd", fwd_bytes, 0, fwd_flops,
+                      fwd_bytes, NULL};
+        bk_report(&tf, &t, bk_finite_bf16(c.out[0], R * D));
+        for (int i = 0; i < c.n; i++)
+            l_fwd(&c, i);
+        t = bk_time(l_tbwd, &c, c.n);
+        bk_meas tb = {"attention_bwd", sh, "tiled kernels", "k_attention_tiled_bwd (dK/dV + dQ)", bwd_bytes, 0,
+                      bwd_flops, bwd_bytes, NULL};
+        bk_report(&tb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
+    }
 
     /* cuDNN's fused attention on the same buffers */
     {

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "attention_internal.h"
 #include "kernels.h"
 
 namespace {
@@ -609,19 +610,26 @@ void launch_bwd(dim3 grid, int zdim, cudaStream_t s, gp_bf16 *d_qkv, const gp_bf
 
 } // namespace
 
-extern "C" cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
-                                       const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim,
-                                       int causal, cudaStream_t s)
+/* The checks every attention entry makes; cudaSuccess with *run = 0 when there is nothing to do. */
+static cudaError_t attention_args(dim3 *grid, int *zdim, int *run, int n_seq, int max_len, int n_heads, int head_dim,
+                                  const void *a, const void *b, const void *c, const void *d)
 {
+    *run = 0;
     if (n_seq <= 0 || max_len <= 0 || n_heads <= 0)
         return cudaSuccess;
-    dim3 grid;
-    int zdim = 0;
-    cudaError_t e = attn_grid(&grid, &zdim, n_seq, max_len, n_heads, head_dim);
+    cudaError_t e = attn_grid(grid, zdim, n_seq, max_len, n_heads, head_dim);
     if (e != cudaSuccess)
         return e;
-    if (!aligned16(out) || !aligned16(qkv))
+    if (!aligned16(a) || !aligned16(b) || (c && !aligned16(c)) || (d && !aligned16(d)))
         return cudaErrorInvalidValue;
+    *run = 1;
+    return cudaSuccess;
+}
+
+static cudaError_t tiled_fwd(dim3 grid, int zdim, gp_bf16 *out, float *lse, const gp_bf16 *qkv,
+                             const int32_t *seq_off, const int32_t *seq_len, int n_heads, int head_dim, int causal,
+                             cudaStream_t s)
+{
     switch (head_dim) {
     case 8: launch_fwd<8>(grid, zdim, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
     case 16: launch_fwd<16>(grid, zdim, s, out, lse, qkv, seq_off, seq_len, n_heads, causal); break;
@@ -631,19 +639,10 @@ extern "C" cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
-                                       const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
-                                       int max_len, int n_heads, int head_dim, int causal, cudaStream_t s)
+static cudaError_t tiled_bwd(dim3 grid, int zdim, gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv,
+                             const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len,
+                             int n_heads, int head_dim, int causal, cudaStream_t s)
 {
-    if (n_seq <= 0 || max_len <= 0 || n_heads <= 0)
-        return cudaSuccess;
-    dim3 grid;
-    int zdim = 0;
-    cudaError_t e = attn_grid(&grid, &zdim, n_seq, max_len, n_heads, head_dim);
-    if (e != cudaSuccess)
-        return e;
-    if (!aligned16(d_qkv) || !aligned16(d_out) || !aligned16(qkv) || !aligned16(out))
-        return cudaErrorInvalidValue;
     switch (head_dim) {
     case 8: launch_bwd<8>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
     case 16: launch_bwd<16>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
@@ -651,4 +650,58 @@ extern "C" cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, con
     default: launch_bwd<64>(grid, zdim, s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, causal); break;
     }
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_attention_tiled_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
+                                             const int32_t *seq_len, int n_seq, int max_len, int n_heads,
+                                             int head_dim, int causal, cudaStream_t s)
+{
+    dim3 grid;
+    int zdim = 0, run = 0;
+    cudaError_t e = attention_args(&grid, &zdim, &run, n_seq, max_len, n_heads, head_dim, out, qkv, NULL, NULL);
+    if (e != cudaSuccess || !run)
+        return e;
+    return tiled_fwd(grid, zdim, out, lse, qkv, seq_off, seq_len, n_heads, head_dim, causal, s);
+}
+
+extern "C" cudaError_t k_attention_tiled_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv,
+                                             const gp_bf16 *out, const float *lse, const int32_t *seq_off,
+                                             const int32_t *seq_len, int n_seq, int max_len, int n_heads,
+                                             int head_dim, int causal, cudaStream_t s)
+{
+    dim3 grid;
+    int zdim = 0, run = 0;
+    cudaError_t e = attention_args(&grid, &zdim, &run, n_seq, max_len, n_heads, head_dim, d_qkv, d_out, qkv, out);
+    if (e != cudaSuccess || !run)
+        return e;
+    return tiled_bwd(grid, zdim, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, head_dim, causal, s);
+}
+
+extern "C" cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
+                                       const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim,
+                                       int causal, cudaStream_t s)
+{
+    dim3 grid;
+    int zdim = 0, run = 0;
+    cudaError_t e = attention_args(&grid, &zdim, &run, n_seq, max_len, n_heads, head_dim, out, qkv, NULL, NULL);
+    if (e != cudaSuccess || !run)
+        return e;
+    if (k_attention_resident_supported(max_len, head_dim))
+        return attention_resident_fwd(out, lse, qkv, seq_off, seq_len, n_seq, max_len, n_heads, head_dim, causal, s);
+    return tiled_fwd(grid, zdim, out, lse, qkv, seq_off, seq_len, n_heads, head_dim, causal, s);
+}
+
+extern "C" cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
+                                       const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
+                                       int max_len, int n_heads, int head_dim, int causal, cudaStream_t s)
+{
+    dim3 grid;
+    int zdim = 0, run = 0;
+    cudaError_t e = attention_args(&grid, &zdim, &run, n_seq, max_len, n_heads, head_dim, d_qkv, d_out, qkv, out);
+    if (e != cudaSuccess || !run)
+        return e;
+    if (k_attention_resident_supported(max_len, head_dim))
+        return attention_resident_bwd(d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
+                                      head_dim, causal, s);
+    return tiled_bwd(grid, zdim, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, head_dim, causal, s);
 }

@@ -120,7 +120,11 @@ cudaError_t k_rope_qk(gp_bf16 *qkv, const int32_t *pos, int64_t rows, int n_head
  * seq_off[b] .. seq_off[b] + seq_len[b] - 1. q, k, v are read from the packed qkv buffer (bf16,
  * row stride 3*D, D = n_heads*head_dim), out is bf16 [rows][D], lse fp32 [rows][n_heads].
  * Scores q.k/sqrt(head_dim) in fp32; causal: query t sees keys 0..t; otherwise all keys of its
- * sequence. head_dim in {8, 16, 32, 64}; seq_len <= K_ATTN_MAX_LEN. */
+ * sequence. head_dim in {8, 16, 32, 64}; seq_len <= max_len <= K_ATTN_MAX_LEN.
+ * When k_attention_resident_supported(max_len, head_dim) (short sequences: max_len <= 256 at
+ * head_dim 16 or 32, <= 160 at 64) the resident kernels run (one CTA per (sequence, head), its
+ * rows staged in shared memory once, which is sized by max_len: a longer sequence traps);
+ * otherwise the tiled ones, which also cover sequences longer than max_len. */
 #define K_ATTN_MAX_LEN 1024
 cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
                             const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim, int causal,
@@ -129,6 +133,15 @@ cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const 
 cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
                             const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len,
                             int n_heads, int head_dim, int causal, cudaStream_t s);
+int k_attention_resident_supported(int max_len, int head_dim);
+/* The tiled kernels whatever the length (the tests and the kernel benchmark compare the two);
+ * max_len only sizes the grid: a CTA loops over the row blocks past it. */
+cudaError_t k_attention_tiled_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
+                                  const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim,
+                                  int causal, cudaStream_t s);
+cudaError_t k_attention_tiled_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
+                                  const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
+                                  int max_len, int n_heads, int head_dim, int causal, cudaStream_t s);
 
 /* The same attention for any head_dim in 1..64 (the golden vectors' 4, or sizes like 24 or 48)
  * on CUDA cores: one thread per query row (forward, dq) or key row (dk, dv), one block per

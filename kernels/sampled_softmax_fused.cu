@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "mma_sm80.cuh"
 #include "softmax_row.cuh"
 
 namespace {
@@ -66,73 +67,18 @@ static size_t ssf_smem_bytes(int rows_per_seq)
            2 * SSF_TILE * sizeof(int32_t);
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes global -> shared, zero-filled when !pred (src is then not read). */
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool pred)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-                 "r"(pred ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool pred)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(pred ? 4 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-__device__ __forceinline__ void cp_async_wait_all()
-{
-    asm volatile("cp.async.wait_group 0;\n" ::);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-
-/* c += a * b, a 16x16 (row), b 16x8 (col), bf16 in, fp32 accumulate. */
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
-{
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
+using mma80::cp_async16;
+using mma80::cp_async4;
+using mma80::cp_async_commit;
+using mma80::cp_async_wait_all;
+using mma80::ex2;
+using mma80::ldmatrix_x4;
+using mma80::ldmatrix_x4_trans;
+using mma80::mma_bf16;
+using mma80::pack_bf16x2;
 
 constexpr float SSF_LOG2E = 1.4426950408889634f;
 constexpr float SSF_LN2 = 0.6931471805599453f;
-
-/* 2^x on the SFU (one instruction; 2 ulp): the logits are kept in the log2 domain, as in
- * attention.cu, so an exponential costs one multiply-free MUFU op. ex2(-inf) = 0. */
-__device__ __forceinline__ float ex2(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 
 /* Running (max, sum of 2^(x - max)) of one thread's kept entries of a row over tiles, x the
  * logit times log2(e). */

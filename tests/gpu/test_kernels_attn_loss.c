@@ -12,10 +12,34 @@
 
 /* ---- attention ---------------------------------------------------------------------------- */
 /* One packed batch mixing every length class: single rows, a tail of one query block, the
- * paper's 51 and 201, and lengths needing several key tiles. */
+ * paper's 51 and 201, and lengths needing several key tiles (the tiled kernels). */
 static const int32_t attn_lens[] = {1, 2, 17, 51, 201, 300, 1024};
 #define ATTN_NSEQ ((int)(sizeof attn_lens / sizeof attn_lens[0]))
 #define ATTN_MAX_LEN 1024
+/* Short sequences for the resident kernels: block edges (15, 16, 17, 64, 65), the paper's 51 and
+ * 201, and the longest they take; more sequences than warps so the work counter is contended. */
+static const int32_t res_lens[] = {1, 2, 15, 16, 17, 51, 64, 65, 130, 200, 201, 256, 3, 256, 97};
+#define RES_NSEQ ((int)(sizeof res_lens / sizeof res_lens[0]))
+
+/* Which launcher a case runs: the dispatching k_attention_* or the tiled kernels. */
+enum attn_path { PATH_DISPATCH, PATH_TILED };
+
+static cudaError_t run_fwd(enum attn_path p, uint16_t *out, float *lse, const uint16_t *qkv, const int32_t *off,
+                           const int32_t *len, int n_seq, int max_len, int n_heads, int hd, int causal)
+{
+    return p == PATH_TILED ? k_attention_tiled_fwd(out, lse, qkv, off, len, n_seq, max_len, n_heads, hd, causal, 0)
+                           : k_attention_fwd(out, lse, qkv, off, len, n_seq, max_len, n_heads, hd, causal, 0);
+}
+
+static cudaError_t run_bwd(enum attn_path p, uint16_t *d_qkv, const uint16_t *d_out, const uint16_t *qkv,
+                           const uint16_t *out, const float *lse, const int32_t *off, const int32_t *len, int n_seq,
+                           int max_len, int n_heads, int hd, int causal)
+{
+    return p == PATH_TILED ? k_attention_tiled_bwd(d_qkv, d_out, qkv, out, lse, off, len, n_seq, max_len, n_heads, hd,
+                                                   causal, 0)
+                           : k_attention_bwd(d_qkv, d_out, qkv, out, lse, off, len, n_seq, max_len, n_heads, hd,
+                                             causal, 0);
+}
 
 static float *bf16_array_to_float(const uint16_t *h, int64_t n)
 {
@@ -34,19 +58,26 @@ static float *take_columns(const float *x, int64_t rows, int D, int col)
     return out;
 }
 
-static void attn_case(int hd, int causal, int n_heads)
+/* One case: forward and backward against the CPU reference, then a second run, bit-identical.
+ * The tiled path's second run at head_dim 16 uses a grid of one row block per (sequence, head),
+ * so each CTA loops over the blocks; the resident path's second run hands the work items to
+ * warps in another order (the shared counter), so it checks that the order does not matter. */
+static void attn_case_on(int hd, int causal, int n_heads, const int32_t *lens, int n_seq, int max_len,
+                         enum attn_path path)
 {
     const int D = n_heads * hd;
-    int64_t off64[ATTN_NSEQ];
-    int32_t off32[ATTN_NSEQ];
+    int64_t off64[32];
+    int32_t off32[32];
     int64_t rows = 0;
-    for (int b = 0; b < ATTN_NSEQ; b++) {
+    REQUIRE(n_seq <= 32);
+    for (int b = 0; b < n_seq; b++) {
         off64[b] = rows;
         off32[b] = (int32_t)rows;
-        rows += attn_lens[b];
+        rows += lens[b];
     }
+    const char *pname = path == PATH_TILED ? "tiled" : k_attention_resident_supported(max_len, hd) ? "resident" : "dispatch";
     const int64_t n_qkv = rows * 3 * D, n_out = rows * D, n_lse = rows * n_heads;
-    gp_rng rng = gp_rng_stream(17, RNG_PURPOSE_TEST, (uint64_t)hd, (uint64_t)causal);
+    gp_rng rng = gp_rng_stream(17, RNG_PURPOSE_TEST, (uint64_t)hd, (uint64_t)causal * 2 + (max_len <= 256));
 
     uint16_t *qkv_h = malloc((size_t)n_qkv * sizeof(uint16_t));
     uint16_t *dout_h = malloc((size_t)n_out * sizeof(uint16_t));
@@ -61,60 +92,57 @@ static void attn_case(int hd, int causal, int n_heads)
 
     /* forward */
     float *out_ref = malloc((size_t)n_out * sizeof(float)), *lse_ref = malloc((size_t)n_lse * sizeof(float));
-    cpu_attention_fwd(out_ref, lse_ref, q, k, v, off64, attn_lens, ATTN_NSEQ, n_heads, hd, causal);
+    cpu_attention_fwd(out_ref, lse_ref, q, k, v, off64, lens, n_seq, n_heads, hd, causal);
 
     uint16_t *d_qkv_in = gpu_upload(qkv_h, (size_t)n_qkv * 2);
     uint16_t *d_dout = gpu_upload(dout_h, (size_t)n_out * 2);
-    int32_t *d_off = gpu_upload(off32, sizeof off32), *d_len = gpu_upload(attn_lens, sizeof attn_lens);
+    int32_t *d_off = gpu_upload(off32, (size_t)n_seq * 4), *d_len = gpu_upload(lens, (size_t)n_seq * 4);
     uint16_t *d_out = gpu_alloc((size_t)n_out * 2), *d_out2 = gpu_alloc((size_t)n_out * 2);
     float *d_lse = gpu_alloc((size_t)n_lse * 4), *d_lse2 = gpu_alloc((size_t)n_lse * 4);
     uint16_t *d_grad = gpu_alloc((size_t)n_qkv * 2), *d_grad2 = gpu_alloc((size_t)n_qkv * 2);
     REQUIRE(d_qkv_in && d_dout && d_off && d_len && d_out && d_out2 && d_lse && d_lse2 && d_grad && d_grad2);
 
-    KERNEL_REQUIRE(k_attention_fwd(d_out, d_lse, d_qkv_in, d_off, d_len, ATTN_NSEQ, ATTN_MAX_LEN, n_heads, hd, causal,
-                                   0));
+    KERNEL_REQUIRE(run_fwd(path, d_out, d_lse, d_qkv_in, d_off, d_len, n_seq, max_len, n_heads, hd, causal));
     uint16_t *out_h = malloc((size_t)n_out * 2), *out_h2 = malloc((size_t)n_out * 2);
     float *lse_g = malloc((size_t)n_lse * 4), *lse_g2 = malloc((size_t)n_lse * 4);
     gpu_download(out_h, d_out, (size_t)n_out * 2);
     gpu_download(lse_g, d_lse, (size_t)n_lse * 4);
     float *out_g = bf16_array_to_float(out_h, n_out);
     char what[128];
-    snprintf(what, sizeof what, "attention out (head_dim %d, causal %d)", hd, causal);
+    snprintf(what, sizeof what, "%s attention out (head_dim %d, causal %d)", pname, hd, causal);
     CHECK_REL(out_g, out_ref, n_out, 1e-2, what);
-    snprintf(what, sizeof what, "attention lse (head_dim %d, causal %d)", hd, causal);
+    snprintf(what, sizeof what, "%s attention lse (head_dim %d, causal %d)", pname, hd, causal);
     CHECK_REL(lse_g, lse_ref, n_lse, 1e-5, what);
 
-    /* a second run, here with a grid of one query block per (sequence, head) so each CTA loops
-     * over the blocks: bit-identical */
-    KERNEL_REQUIRE(k_attention_fwd(d_out2, d_lse2, d_qkv_in, d_off, d_len, ATTN_NSEQ, hd == 16 ? 1 : ATTN_MAX_LEN,
-                                   n_heads, hd, causal, 0));
+    const int max_len2 = path == PATH_TILED && hd == 16 ? 1 : max_len;
+    KERNEL_REQUIRE(run_fwd(path, d_out2, d_lse2, d_qkv_in, d_off, d_len, n_seq, max_len2, n_heads, hd, causal));
     gpu_download(out_h2, d_out2, (size_t)n_out * 2);
     gpu_download(lse_g2, d_lse2, (size_t)n_lse * 4);
     CHECK(memcmp(out_h, out_h2, (size_t)n_out * 2) == 0 && memcmp(lse_g, lse_g2, (size_t)n_lse * 4) == 0,
-          "attention forward not bit-identical on a second run (head_dim %d, causal %d)", hd, causal);
+          "%s attention forward not bit-identical on a second run (head_dim %d, causal %d)", pname, hd, causal);
 
     /* backward, from the GPU's own out and lse (the forward is checked above) */
-    KERNEL_REQUIRE(k_attention_bwd(d_grad, d_dout, d_qkv_in, d_out, d_lse, d_off, d_len, ATTN_NSEQ, ATTN_MAX_LEN,
-                                   n_heads, hd, causal, 0));
+    KERNEL_REQUIRE(run_bwd(path, d_grad, d_dout, d_qkv_in, d_out, d_lse, d_off, d_len, n_seq, max_len, n_heads, hd,
+                           causal));
     float *dq = malloc((size_t)n_out * 4), *dk = malloc((size_t)n_out * 4), *dv = malloc((size_t)n_out * 4);
-    cpu_attention_bwd(dq, dk, dv, dout_f, q, k, v, out_g, lse_g, off64, attn_lens, ATTN_NSEQ, n_heads, hd, causal);
+    cpu_attention_bwd(dq, dk, dv, dout_f, q, k, v, out_g, lse_g, off64, lens, n_seq, n_heads, hd, causal);
     uint16_t *grad_h = malloc((size_t)n_qkv * 2), *grad_h2 = malloc((size_t)n_qkv * 2);
     gpu_download(grad_h, d_grad, (size_t)n_qkv * 2);
     float *grad_f = bf16_array_to_float(grad_h, n_qkv);
     float *dq_g = take_columns(grad_f, rows, D, 0), *dk_g = take_columns(grad_f, rows, D, D);
     float *dv_g = take_columns(grad_f, rows, D, 2 * D);
-    snprintf(what, sizeof what, "attention dq (head_dim %d, causal %d)", hd, causal);
+    snprintf(what, sizeof what, "%s attention dq (head_dim %d, causal %d)", pname, hd, causal);
     CHECK_REL(dq_g, dq, n_out, 1e-2, what);
-    snprintf(what, sizeof what, "attention dk (head_dim %d, causal %d)", hd, causal);
+    snprintf(what, sizeof what, "%s attention dk (head_dim %d, causal %d)", pname, hd, causal);
     CHECK_REL(dk_g, dk, n_out, 1e-2, what);
-    snprintf(what, sizeof what, "attention dv (head_dim %d, causal %d)", hd, causal);
+    snprintf(what, sizeof what, "%s attention dv (head_dim %d, causal %d)", pname, hd, causal);
     CHECK_REL(dv_g, dv, n_out, 1e-2, what);
 
-    KERNEL_REQUIRE(k_attention_bwd(d_grad2, d_dout, d_qkv_in, d_out, d_lse, d_off, d_len, ATTN_NSEQ,
-                                   hd == 16 ? 1 : ATTN_MAX_LEN, n_heads, hd, causal, 0));
+    KERNEL_REQUIRE(run_bwd(path, d_grad2, d_dout, d_qkv_in, d_out, d_lse, d_off, d_len, n_seq, max_len2, n_heads, hd,
+                           causal));
     gpu_download(grad_h2, d_grad2, (size_t)n_qkv * 2);
     CHECK(memcmp(grad_h, grad_h2, (size_t)n_qkv * 2) == 0,
-          "attention backward not bit-identical on a second run (head_dim %d, causal %d)", hd, causal);
+          "%s attention backward not bit-identical on a second run (head_dim %d, causal %d)", pname, hd, causal);
 
     cudaFree(d_qkv_in);
     cudaFree(d_dout);
@@ -151,6 +179,22 @@ static void attn_case(int hd, int causal, int n_heads)
     free(dv_g);
 }
 
+/* The long set on the tiled kernels; the short set through the dispatching launchers, which take
+ * the resident kernels there, and on the tiled kernels too (both against the same reference). */
+static void attn_case(int hd, int causal, int n_heads)
+{
+    attn_case_on(hd, causal, n_heads, attn_lens, ATTN_NSEQ, ATTN_MAX_LEN, PATH_TILED);
+    if (hd == 8)
+        return;
+    const int res_max = hd == 64 ? 160 : 256;
+    int32_t lens[RES_NSEQ];
+    for (int i = 0; i < RES_NSEQ; i++)
+        lens[i] = res_lens[i] < res_max ? res_lens[i] : res_max;
+    CHECK(k_attention_resident_supported(res_max, hd), "resident kernels at head_dim %d, max_len %d", hd, res_max);
+    attn_case_on(hd, causal, n_heads, lens, RES_NSEQ, res_max, PATH_DISPATCH);
+    attn_case_on(hd, causal, n_heads, lens, RES_NSEQ, res_max, PATH_TILED);
+}
+
 TEST(kattn_causal_matches_cpu)
 {
     REQUIRE(gpu_present());
@@ -167,6 +211,19 @@ TEST(kattn_bidirectional_matches_cpu)
     attn_case(16, 0, 3);
     attn_case(32, 0, 2);
     attn_case(64, 0, 2);
+}
+
+/* The paper's shapes take the resident kernels; longer sequences, head_dim 8 and a head_dim 64
+ * copy past the shared-memory budget take the tiled ones. */
+TEST(kattn_resident_choice)
+{
+    CHECK(k_attention_resident_supported(201, 16) && k_attention_resident_supported(51, 64) &&
+              k_attention_resident_supported(256, 32) && k_attention_resident_supported(1, 16),
+          "resident kernels where the sequence fits");
+    CHECK(!k_attention_resident_supported(257, 16) && !k_attention_resident_supported(201, 64) &&
+              !k_attention_resident_supported(200, 8) && !k_attention_resident_supported(0, 16) &&
+              !k_attention_resident_supported(100, 24),
+          "tiled kernels elsewhere");
 }
 
 TEST(kattn_rejects_bad_sizes)
