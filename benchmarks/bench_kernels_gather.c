@@ -129,17 +129,35 @@ static void l_scatter(void *p, int i)
     CK(k_scatter_add_rows(c->grad, c->src[i], c->ids[i], c->R, c->E, NULL, &c->plan, c->scratch, BK.s));
 }
 
+static void l_scatter_l2(void *p, int i)
+{
+    gather_ctx *c = p;
+    CK(k_scatter_add_rows_l2bwd(c->grad, c->src[i], c->ids[i], c->R, c->E, c->table, 1e-6f, &c->plan, c->scratch,
+                                BK.s));
+}
+
+/* what the model did before k_scatter_add_rows_l2bwd: the L2 backward of every row from the
+ * bf16 normalised copy (in place there; into the gathered-rows buffer here, the same traffic),
+ * then the scatter */
+static void l_scatter_l2_unfused(void *p, int i)
+{
+    gather_ctx *c = p;
+    CK(k_l2norm_bwd_bf16(c->rows[i], c->src[i], c->out16[i], c->norm[i], c->R, c->E, 1e-6f, 0, BK.s));
+    CK(k_scatter_add_rows(c->grad, c->rows[i], c->ids[i], c->R, c->E, NULL, &c->plan, c->scratch, BK.s));
+}
+
 /* what: "negatives" or "tokens" (labels of the next-item head) */
 static void gather_scatter_case(int64_t R, int E, int64_t V, const char *what)
 {
     int do_gather = bk_want("gather_rows"), do_scatter = bk_want("scatter_add_rows");
     int do_l2rows = bk_want("l2norm_fwd_rows") && strcmp(what, "negatives") == 0;
-    if (!do_gather && !do_scatter && !do_l2rows)
+    int do_scatter_l2 = bk_want("scatter_add_rows_l2bwd") && strcmp(what, "negatives") == 0;
+    if (!do_gather && !do_scatter && !do_l2rows && !do_scatter_l2)
         return;
     gather_ctx c = {.R = R, .V = V, .E = E};
     const double RE = (double)R * E;
     c.table = bk_rand_f32(V * E, 0.02f);
-    int n = bk_sets(4 * RE + 4.0 * R + (do_l2rows ? 10 * RE + 8.0 * R : 0));
+    int n = bk_sets(4 * RE + 4.0 * R + (do_l2rows || do_scatter_l2 ? 10 * RE + 8.0 * R : 0));
     int64_t distinct = 0;
     for (int i = 0; i < n; i++) {
         int32_t *h = bk_host_ids(R, 0, V);
@@ -184,6 +202,33 @@ static void gather_scatter_case(int64_t R, int E, int64_t V, const char *what)
         bk_meas m = {"scatter_add_rows", sh, "ours", "k_scatter_add_rows (CUB sort + ordered sums)", bytes, 0, 0,
                      4 * RE + 4.0 * R, "deterministic; time includes the radix sort"};
         bk_report(&m, &t, bk_finite_f32(c.grad, V * E));
+    }
+    if (do_scatter_l2) {
+        for (int i = 0; i < n; i++) {
+            if (!c.src[i])
+                c.src[i] = bk_rand_f32(R * E, 0.01f);
+            if (!c.out16[i]) {
+                c.out16[i] = bk_alloc((size_t)RE * 2);
+                c.norm[i] = bk_alloc((size_t)R * 4);
+            }
+            CK(k_l2norm_fwd_rows(NULL, c.out16[i], c.norm[i], c.table, c.ids[i], R, E, 1e-6f, BK.s));
+        }
+        if (!c.grad) {
+            c.grad = bk_rand_f32(V * E, 0.01f);
+            CK(k_scatter_plan_init(&c.plan, R, V, E));
+            c.scratch = bk_alloc(c.plan.scratch_bytes);
+        }
+        /* row gradients and ids once, then per distinct id its table row read and gradient row
+         * read and written */
+        double bytes = 4 * RE + 4.0 * R + 12.0 * E * (double)distinct;
+        bk_timing t = bk_time(l_scatter_l2, &c, n);
+        bk_meas m = {"scatter_add_rows_l2bwd", sh, "ours", "k_scatter_add_rows_l2bwd (sum per id, then L2 backward)",
+                     bytes, 0, 0, 4 * RE + 4.0 * R, "deterministic; time includes the radix sort"};
+        bk_report(&m, &t, bk_finite_f32(c.grad, V * E));
+        t = bk_time(l_scatter_l2_unfused, &c, n);
+        bk_meas u = {"scatter_add_rows_l2bwd", sh, "unfused: k_l2norm_bwd_bf16 per row + k_scatter_add_rows",
+                     "k_l2norm_bwd_bf16; k_scatter_add_rows", bytes, bytes + 10 * RE, 0, 0, NULL};
+        bk_report(&u, &t, bk_finite_f32(c.grad, V * E));
     }
     bk_free_all();
 }
@@ -396,6 +441,7 @@ void bk_cases_gather(void)
     embed_case(128, 1024, 100000);
     gather_scatter_case(512 * 4096, 64, 1000000, "negatives");
     gather_scatter_case(512 * (BK_POSITIONS - 1), 64, 1000000, "labels");
+    gather_scatter_case(512 * 4096, 256, 100000, "negatives"); /* L4H256A4 */
     gather_scatter_case(128 * 4096, 1024, 100000, "negatives");
     add_rows_case(512, 64);
     add_rows_case(128, 1024);

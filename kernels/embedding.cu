@@ -136,6 +136,36 @@ __device__ __forceinline__ float4 sum_rows(const float *src, const int32_t *sort
     return acc;
 }
 
+/* The same for 16-byte units, SCATTER_PREFETCH row loads in flight before their adds (the same
+ * adds in the same order). */
+__device__ __forceinline__ float4 sum_rows_vec(const float *src, const int32_t *sorted_rows, int64_t begin,
+                                               int64_t end, int dim, int64_t col)
+{
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    int64_t j = begin;
+    for (; j + SCATTER_PREFETCH <= end; j += SCATTER_PREFETCH) {
+        float4 t[SCATTER_PREFETCH];
+#pragma unroll
+        for (int q = 0; q < SCATTER_PREFETCH; q++)
+            t[q] = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j + q] * dim + col));
+#pragma unroll
+        for (int q = 0; q < SCATTER_PREFETCH; q++) {
+            acc.x += t[q].x;
+            acc.y += t[q].y;
+            acc.z += t[q].z;
+            acc.w += t[q].w;
+        }
+    }
+    for (; j < end; j++) {
+        const float4 t = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j] * dim + col));
+        acc.x += t.x;
+        acc.y += t.y;
+        acc.z += t.z;
+        acc.w += t.w;
+    }
+    return acc;
+}
+
 /* sub[r] = number of chunks of run r when it is longer than SCATTER_CHUNK, else 0; entries from
  * n_runs to rows are 0 so a scan over `rows` entries needs no host-side count. */
 __global__ void __launch_bounds__(kb::THREADS)
@@ -268,28 +298,7 @@ __global__ void __launch_bounds__(kb::THREADS)
         for (int u = lane; u < n_units; u += G) {
             const int64_t col = (int64_t)u * width;
             if (vec) {
-                float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-                int64_t j = begin;
-                for (; j + SCATTER_PREFETCH <= end; j += SCATTER_PREFETCH) {
-                    float4 t[SCATTER_PREFETCH];
-#pragma unroll
-                    for (int q = 0; q < SCATTER_PREFETCH; q++)
-                        t[q] = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j + q] * dim + col));
-#pragma unroll
-                    for (int q = 0; q < SCATTER_PREFETCH; q++) {
-                        acc.x += t[q].x;
-                        acc.y += t[q].y;
-                        acc.z += t[q].z;
-                        acc.w += t[q].w;
-                    }
-                }
-                for (; j < end; j++) {
-                    float4 t = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j] * dim + col));
-                    acc.x += t.x;
-                    acc.y += t.y;
-                    acc.z += t.z;
-                    acc.w += t.w;
-                }
+                const float4 acc = sum_rows_vec(src, sorted_rows, begin, end, dim, col);
                 float4 *d = reinterpret_cast<float4 *>(dst + col);
                 float4 o = *d;
                 o.x += acc.x;
@@ -314,6 +323,141 @@ __global__ void __launch_bounds__(kb::THREADS)
                 dst[col] += acc;
             }
         }
+    }
+}
+
+/* ---- scatter-add through the L2 normalisation's backward ---------------------------------- */
+/* For rows that are gradients with respect to L2-normalised table rows (the sampled softmax's
+ * negatives): table_grad[id] += J(table[id])^T (sum of the id's rows), J the Jacobian of
+ * x / max(||x||, eps). The backward is linear in the gradient, so summing the rows of an id first
+ * and applying it once per distinct id gives the same result as applying it per row (up to
+ * rounding), at a fraction of the traffic: the per-row pass read and wrote every fp32 gradient
+ * row and read its normalised copy, 2.1M rows a step at L4H64A4 and L4H256A4.
+ * A group of G lanes owns a run and holds its sum in registers, UPL float4 units a lane (lane l:
+ * units l, l + G, ...); the loop is warp-uniform so the group reductions see whole warps. */
+
+/* The epilogue of one run: ok is false for a lane group with no run this round (it still joins
+ * the shuffles). g holds the run's summed gradient. */
+template <int G, int UPL>
+__device__ __forceinline__ void l2_bwd_add_row(float *table_grad, const float *table, uint32_t id,
+                                               const float4 (&g)[UPL], bool ok, int lane, int n_units, int dim,
+                                               float eps)
+{
+    float4 x[UPL];
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < UPL; k++) {
+        const int u = lane + k * G;
+        x[k] = ok && u < n_units ? __ldg(reinterpret_cast<const float4 *>(table + (int64_t)id * dim) + u)
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+        ss = fmaf(x[k].x, x[k].x, ss);
+        ss = fmaf(x[k].y, x[k].y, ss);
+        ss = fmaf(x[k].z, x[k].z, ss);
+        ss = fmaf(x[k].w, x[k].w, ss);
+    }
+    ss = kb::group_sum_warp<G>(ss);
+    const float nr = sqrtf(ss), den = nr > eps ? nr : eps; /* as k_l2norm_fwd */
+    float sdot = 0.f;
+#pragma unroll
+    for (int k = 0; k < UPL; k++) {
+        sdot = fmaf(x[k].x / den, g[k].x, sdot);
+        sdot = fmaf(x[k].y / den, g[k].y, sdot);
+        sdot = fmaf(x[k].z / den, g[k].z, sdot);
+        sdot = fmaf(x[k].w / den, g[k].w, sdot);
+    }
+    sdot = kb::group_sum_warp<G>(sdot);
+    if (!ok)
+        return;
+    const bool big = nr > eps;
+#pragma unroll
+    for (int k = 0; k < UPL; k++) {
+        const int u = lane + k * G;
+        if (u >= n_units)
+            continue;
+        float4 *d = reinterpret_cast<float4 *>(table_grad + (int64_t)id * dim) + u;
+        float4 o = *d;
+        o.x += big ? (g[k].x - x[k].x / den * sdot) / nr : g[k].x / eps;
+        o.y += big ? (g[k].y - x[k].y / den * sdot) / nr : g[k].y / eps;
+        o.z += big ? (g[k].z - x[k].z / den * sdot) / nr : g[k].z / eps;
+        o.w += big ? (g[k].w - x[k].w / den * sdot) / nr : g[k].w / eps;
+        *d = o;
+    }
+}
+
+/* Runs of at most SCATTER_CHUNK rows (the longer ones: combine_chunks_l2_kernel). */
+template <int G, int UPL>
+__global__ void __launch_bounds__(kb::THREADS)
+    scatter_runs_l2_kernel(float *table_grad, const float *src, const float *table, const uint32_t *sorted_ids,
+                           const int32_t *sorted_rows, const int32_t *run_start, const int32_t *n_runs_dev,
+                           int64_t rows, int dim, int64_t n_ids, float eps)
+{
+    const int lane = threadIdx.x % G;
+    const int64_t n_runs = *n_runs_dev;
+    const int64_t groups = (int64_t)gridDim.x * (blockDim.x / G);
+    const int n_units = dim / 4;
+    const int64_t mine = (int64_t)blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
+    const int64_t warp_first = mine - (int64_t)((threadIdx.x % 32) / G);
+    for (int64_t w = warp_first; w < n_runs; w += groups) { /* warp-uniform */
+        const int64_t run = w + (mine - warp_first);
+        bool ok = run < n_runs;
+        int64_t begin = 0, end = 0;
+        uint32_t id = 0;
+        if (ok) {
+            begin = run_start[run];
+            end = run + 1 < n_runs ? (int64_t)run_start[run + 1] : rows;
+            id = sorted_ids[begin];
+            ok = (int64_t)id < n_ids && end - begin <= SCATTER_CHUNK;
+        }
+        float4 acc[UPL];
+#pragma unroll
+        for (int k = 0; k < UPL; k++) {
+            const int u = lane + k * G;
+            acc[k] = ok && u < n_units ? sum_rows_vec(src, sorted_rows, begin, end, dim, (int64_t)u * 4)
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        l2_bwd_add_row<G, UPL>(table_grad, table, id, acc, ok, lane, n_units, dim, eps);
+    }
+}
+
+/* Runs longer than SCATTER_CHUNK rows: their chunk partials added in chunk order, then the same
+ * epilogue. */
+template <int G, int UPL>
+__global__ void __launch_bounds__(kb::THREADS)
+    combine_chunks_l2_kernel(float *table_grad, const float *partial, const float *table, const uint32_t *sorted_ids,
+                             const int32_t *run_start, const int32_t *sub, const int32_t *sub_off,
+                             const int32_t *n_runs_dev, int dim, int64_t n_ids, float eps)
+{
+    const int lane = threadIdx.x % G;
+    const int64_t n_runs = *n_runs_dev;
+    const int64_t groups = (int64_t)gridDim.x * (blockDim.x / G);
+    const int n_units = dim / 4;
+    const int64_t mine = (int64_t)blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
+    const int64_t warp_first = mine - (int64_t)((threadIdx.x % 32) / G);
+    for (int64_t w = warp_first; w < n_runs; w += groups) {
+        const int64_t r = w + (mine - warp_first);
+        int32_t n_chunks = 0;
+        uint32_t id = 0;
+        if (r < n_runs) {
+            n_chunks = sub[r];
+            id = sorted_ids[run_start[r]];
+        }
+        const bool ok = n_chunks > 0 && (int64_t)id < n_ids;
+        float4 acc[UPL];
+#pragma unroll
+        for (int k = 0; k < UPL; k++) {
+            const int u = lane + k * G;
+            acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (!ok || u >= n_units)
+                continue;
+            for (int32_t c = 0; c < n_chunks; c++) {
+                const float4 t = *(reinterpret_cast<const float4 *>(partial + ((int64_t)sub_off[r] + c) * dim) + u);
+                acc[k].x += t.x;
+                acc[k].y += t.y;
+                acc[k].z += t.z;
+                acc[k].w += t.w;
+            }
+        }
+        l2_bwd_add_row<G, UPL>(table_grad, table, id, acc, ok, lane, n_units, dim, eps);
     }
 }
 
@@ -447,12 +591,19 @@ extern "C" cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, 
     return cudaSuccess;
 }
 
-extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows,
-                                          int dim, const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch,
-                                          cudaStream_t s)
+/* The sorted runs of one scatter: the pointers into the plan's scratch the final kernels read. */
+struct scatter_runs {
+    const uint32_t *sorted_ids;
+    const int32_t *sorted_rows, *starts, *n_runs, *sub, *sub_off;
+    float *partial;
+    int64_t max_chunks;
+};
+
+/* Sort (id, row) pairs, find the runs of equal ids and, for the runs longer than SCATTER_CHUNK,
+ * their chunk offsets: everything but the sums. */
+static cudaError_t scatter_prepare(scatter_runs *out, const int32_t *ids, int64_t rows, int dim,
+                                   const k_scatter_plan *p, void *scratch, cudaStream_t s)
 {
-    if (rows <= 0 || dim <= 0)
-        return cudaSuccess;
     if (!p || rows > p->max_rows || p->n_ids <= 0 || !scratch || dim > p->max_dim)
         return cudaErrorInvalidValue;
     scatter_layout L;
@@ -471,7 +622,6 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
     int32_t *starts = reinterpret_cast<int32_t *>(base + L.starts);
     int32_t *n_runs = reinterpret_cast<int32_t *>(base + L.n_runs);
     int32_t *sub = reinterpret_cast<int32_t *>(base + L.sub), *sub_off = reinterpret_cast<int32_t *>(base + L.sub_off);
-    float *partial = reinterpret_cast<float *>(base + L.partial);
     void *temp = base + L.temp;
 
     scatter_prep_kernel<<<kb::grid_for(scatter_prep_kernel, rows, kb::THREADS), kb::THREADS, 0, s>>>(keys0, vals0, ids,
@@ -491,11 +641,7 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
                                        thrust::counting_iterator<int32_t>(0), uniq, starts, n_runs, (int)rows, s);
     if (e != cudaSuccess)
         return e;
-
-    const bool vec = dim % 4 == 0 && kb::aligned16(table_grad) && kb::aligned16(src);
-    const int n_units = vec ? dim / 4 : dim;
-    int64_t runs_max = rows;
-    /* Long runs first: count their chunks, scan the counts into offsets, sum each chunk. */
+    /* Long runs: count their chunks, scan the counts into offsets. */
     count_chunks_kernel<<<kb::grid_for(count_chunks_kernel, rows, kb::THREADS), kb::THREADS, 0, s>>>(sub, starts,
                                                                                                       n_runs, rows);
     if ((e = cudaGetLastError()) != cudaSuccess)
@@ -504,16 +650,39 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
     e = cub::DeviceScan::ExclusiveSum(temp, temp_bytes, sub, sub_off, (int)rows, s);
     if (e != cudaSuccess)
         return e;
-    const int64_t max_chunks = (int64_t)L.partial_chunks;
+    out->sorted_ids = keys.Current();
+    out->sorted_rows = vals.Current();
+    out->starts = starts;
+    out->n_runs = n_runs;
+    out->sub = sub;
+    out->sub_off = sub_off;
+    out->partial = reinterpret_cast<float *>(base + L.partial);
+    out->max_chunks = (int64_t)L.partial_chunks;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows,
+                                          int dim, const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch,
+                                          cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0)
+        return cudaSuccess;
+    scatter_runs R;
+    cudaError_t e = scatter_prepare(&R, ids, rows, dim, p, scratch, s);
+    if (e != cudaSuccess)
+        return e;
+    const bool vec = dim % 4 == 0 && kb::aligned16(table_grad) && kb::aligned16(src);
+    const int n_units = vec ? dim / 4 : dim;
+    const int64_t runs_max = rows, max_chunks = R.max_chunks;
 #define SCATTER_LAUNCH(G)                                                                                              \
     do {                                                                                                               \
         chunk_sums_kernel<G><<<kb::grid_for(chunk_sums_kernel<G>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>( \
-            partial, src, vals.Current(), starts, sub, sub_off, n_runs, rows, dim, max_chunks, vec);                  \
+            R.partial, src, R.sorted_rows, R.starts, R.sub, R.sub_off, R.n_runs, rows, dim, max_chunks, vec);         \
         combine_chunks_kernel<G><<<kb::grid_for(combine_chunks_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS,   \
-                                   0, s>>>(table_grad, partial, keys.Current(), starts, sub, sub_off, n_runs, dim,     \
-                                           p->n_ids, freeze_mask, vec);                                                \
+                                   0, s>>>(table_grad, R.partial, R.sorted_ids, R.starts, R.sub, R.sub_off, R.n_runs, \
+                                           dim, p->n_ids, freeze_mask, vec);                                           \
         scatter_runs_kernel<G><<<kb::grid_for(scatter_runs_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS, 0,    \
-                                 s>>>(table_grad, src, keys.Current(), vals.Current(), starts, n_runs, rows, dim,       \
+                                 s>>>(table_grad, src, R.sorted_ids, R.sorted_rows, R.starts, R.n_runs, rows, dim,      \
                                       p->n_ids, freeze_mask, vec);                                                      \
     } while (0)
     if (n_units <= 1)
@@ -529,5 +698,58 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
     else
         SCATTER_LAUNCH(32);
 #undef SCATTER_LAUNCH
+    return cudaGetLastError();
+}
+
+extern "C" int k_scatter_add_rows_l2bwd_supported(int dim)
+{
+    return dim >= 4 && dim % 4 == 0 && dim <= K_SCATTER_L2BWD_MAX_DIM;
+}
+
+extern "C" cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const float *src, const int32_t *ids,
+                                                int64_t rows, int dim, const float *table, float eps,
+                                                const k_scatter_plan *p, void *scratch, cudaStream_t s)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    if (!k_scatter_add_rows_l2bwd_supported(dim) || !kb::aligned16(table_grad) || !kb::aligned16(src) ||
+        !kb::aligned16(table))
+        return cudaErrorInvalidValue;
+    scatter_runs R;
+    cudaError_t e = scatter_prepare(&R, ids, rows, dim, p, scratch, s);
+    if (e != cudaSuccess)
+        return e;
+    const int n_units = dim / 4;
+    const int64_t runs_max = rows, max_chunks = R.max_chunks;
+#define SCATTER_L2_LAUNCH(G, UPL)                                                                                      \
+    do {                                                                                                               \
+        chunk_sums_kernel<G><<<kb::grid_for(chunk_sums_kernel<G>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>( \
+            R.partial, src, R.sorted_rows, R.starts, R.sub, R.sub_off, R.n_runs, rows, dim, max_chunks, true);        \
+        combine_chunks_l2_kernel<G, UPL>                                                                               \
+            <<<kb::grid_for(combine_chunks_l2_kernel<G, UPL>, runs_max, kb::THREADS / (G)), kb::THREADS, 0, s>>>(      \
+                table_grad, R.partial, table, R.sorted_ids, R.starts, R.sub, R.sub_off, R.n_runs, dim, p->n_ids, eps); \
+        scatter_runs_l2_kernel<G, UPL>                                                                                 \
+            <<<kb::grid_for(scatter_runs_l2_kernel<G, UPL>, runs_max, kb::THREADS / (G)), kb::THREADS, 0, s>>>(        \
+                table_grad, src, table, R.sorted_ids, R.sorted_rows, R.starts, R.n_runs, rows, dim, p->n_ids, eps);    \
+    } while (0)
+    if (n_units <= 1)
+        SCATTER_L2_LAUNCH(1, 1);
+    else if (n_units <= 2)
+        SCATTER_L2_LAUNCH(2, 1);
+    else if (n_units <= 4)
+        SCATTER_L2_LAUNCH(4, 1);
+    else if (n_units <= 8)
+        SCATTER_L2_LAUNCH(8, 1);
+    else if (n_units <= 16)
+        SCATTER_L2_LAUNCH(16, 1);
+    else if (n_units <= 32)
+        SCATTER_L2_LAUNCH(32, 1);
+    else if (n_units <= 64)
+        SCATTER_L2_LAUNCH(32, 2);
+    else if (n_units <= 128)
+        SCATTER_L2_LAUNCH(32, 4);
+    else
+        SCATTER_L2_LAUNCH(32, 8);
+#undef SCATTER_L2_LAUNCH
     return cudaGetLastError();
 }

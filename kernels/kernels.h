@@ -61,6 +61,17 @@ typedef struct {
 cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids, int max_dim);
 cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows, int dim,
                                const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch, cudaStream_t s);
+/* The same for rows that are gradients with respect to L2-normalised table rows, out =
+ * x / max(||x||, eps) of x = table[id]: table_grad[id] += the L2 backward at table[id] of the sum
+ * of the id's rows (in the order above), i.e. (g - out <out, g>) / ||x|| when ||x|| > eps, else
+ * g / eps; the backward is linear in g, so this is the per-row backward summed, once per distinct
+ * id. No freeze mask (a frozen table has no gradient); ids outside [0, n_ids) skipped. dim a
+ * multiple of 4 up to K_SCATTER_L2BWD_MAX_DIM, 16-byte aligned table, table_grad and src. */
+#define K_SCATTER_L2BWD_MAX_DIM 1024
+int k_scatter_add_rows_l2bwd_supported(int dim);
+cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const float *src, const int32_t *ids, int64_t rows, int dim,
+                                     const float *table, float eps, const k_scatter_plan *p, void *scratch,
+                                     cudaStream_t s);
 
 /* dst[dst_rows[r]] += src[r] (fp32 [rows][dim]) where the caller guarantees dst_rows are distinct
  * (scattering per-position gradients back into the packed token rows). */
@@ -114,6 +125,9 @@ cudaError_t k_row_dot_bwd(float *d_a, float *d_b, const float *d_out, const floa
  * the transpose rotation (the backward of the forward). */
 cudaError_t k_rope_qk(gp_bf16 *qkv, const int32_t *pos, int64_t rows, int n_heads, int head_dim, double theta,
                       int inverse, cudaStream_t s);
+/* cs[2 (pos * head_dim/2 + i) + {0, 1}] = (cos, sin) of the angle k_rope_qk uses for position pos
+ * and pair i, for pos < n_pos: the table the attention kernels with rope read (8-byte aligned). */
+cudaError_t k_rope_table(float *cs, int n_pos, int head_dim, double theta, cudaStream_t s);
 
 /* ---- attention ------------------------------------------------------------------------- */
 /* Packed variable-length sequences, as in the CPU reference: sequence b occupies rows
@@ -134,6 +148,19 @@ cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 
                             const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len,
                             int n_heads, int head_dim, int causal, cudaStream_t s);
 int k_attention_resident_supported(int max_len, int head_dim);
+/* The same attention with the rotary embedding folded in, on the resident kernels only
+ * (cudaErrorInvalidValue where k_attention_resident_supported is false): q and k of qkv are the
+ * unrotated ones, rotated at their row index within the sequence (position t = 0 .. len-1) with
+ * the table rope_cs of k_rope_table(rope_cs, >= max_len, head_dim, theta) as they are staged. The
+ * forward gives the bits of k_rope_qk (pos = t) followed by k_attention_fwd; the backward the
+ * gradients of the unrotated q and k (k_attention_bwd then k_rope_qk inverse, with one bf16
+ * rounding fewer) and of v. */
+cudaError_t k_attention_rope_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const float *rope_cs,
+                                 const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len, int n_heads,
+                                 int head_dim, int causal, cudaStream_t s);
+cudaError_t k_attention_rope_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const float *rope_cs,
+                                 const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len,
+                                 int n_seq, int max_len, int n_heads, int head_dim, int causal, cudaStream_t s);
 /* The tiled kernels whatever the length (the tests and the kernel benchmark compare the two);
  * max_len only sizes the grid: a CTA loops over the row blocks past it. */
 cudaError_t k_attention_tiled_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,

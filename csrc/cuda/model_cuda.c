@@ -1074,9 +1074,17 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
                 if (normalise_bwd(m, m->d_Le, m->d_Ln, m->Ln, m->Lnorm, BS, 0, e) != 0)
                     return -1;
                 CU(k_scatter_add_rows(m->item_g, m->d_Le, md->lab_ids, BS, E, NULL, &m->scat, m->scat_scratch, s));
-                if (c->l2_norm) /* without L2 normalisation d_Nn is the raw rows' gradient already */
-                    CU(k_l2norm_bwd_bf16(m->d_Nn, m->d_Nn, m->Nn16, m->Nnorm, BN, E, c->l2_eps, 0, s));
-                CU(k_scatter_add_rows(m->item_g, m->d_Nn, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch, s));
+                /* the negatives' L2 backward once per distinct item, after their rows are summed
+                 * (without L2 normalisation d_Nn is the raw rows' gradient already) */
+                if (c->l2_norm && k_scatter_add_rows_l2bwd_supported(E))
+                    CU(k_scatter_add_rows_l2bwd(m->item_g, m->d_Nn, md->neg_row, BN, E, m->item, c->l2_eps, &m->scat,
+                                                m->scat_scratch, s));
+                else {
+                    if (c->l2_norm)
+                        CU(k_l2norm_bwd_bf16(m->d_Nn, m->d_Nn, m->Nn16, m->Nnorm, BN, E, c->l2_eps, 0, s));
+                    CU(k_scatter_add_rows(m->item_g, m->d_Nn, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch,
+                                          s));
+                }
             }
         }
     }

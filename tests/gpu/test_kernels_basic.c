@@ -306,6 +306,116 @@ TEST(kb_scatter_add_rows)
     cudaGetLastError();
 }
 
+/* Scatter-add through the L2 backward: one case against a double-precision reference (sum each
+ * id's rows, then the backward of x / max(||x||, eps) at the table row). Every 7th table row is
+ * zero (the norm <= eps branch); ids from the first `hot` ids when hot > 0 (runs longer than the
+ * 512-row chunks); ids[1] is out of range and skipped. */
+static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, int hot)
+{
+    const float eps = 1e-3f;
+    gp_rng r = test_rng(9, case_id);
+    float *src = host_f32(rows * dim), *table = host_f32((int64_t)n_ids * dim), *grad = host_f32((int64_t)n_ids * dim);
+    fill_uniform(src, rows * dim, 1.0f, &r);
+    fill_uniform(table, (int64_t)n_ids * dim, 1.0f, &r);
+    fill_uniform(grad, (int64_t)n_ids * dim, 0.01f, &r);
+    for (int i = 0; i < n_ids; i += 7)
+        memset(table + (int64_t)i * dim, 0, (size_t)dim * 4);
+    int32_t *ids = malloc((size_t)rows * 4);
+    for (int64_t i = 0; i < rows; i++)
+        ids[i] = (int32_t)gp_rng_below(&r, (uint32_t)(hot > 0 ? hot : n_ids));
+    if (rows > 1)
+        ids[1] = n_ids + 3;
+    double *sum = calloc((size_t)n_ids * dim, sizeof(double));
+    for (int64_t k = 0; k < rows; k++)
+        if (ids[k] < n_ids)
+            for (int j = 0; j < dim; j++)
+                sum[(int64_t)ids[k] * dim + j] += src[k * dim + j];
+    float *want = host_f32((int64_t)n_ids * dim);
+    for (int i = 0; i < n_ids; i++) {
+        const float *x = table + (int64_t)i * dim;
+        const double *g = sum + (int64_t)i * dim;
+        double ss = 0, dot = 0;
+        for (int j = 0; j < dim; j++)
+            ss += (double)x[j] * x[j];
+        const double nr = sqrt(ss), den = nr > eps ? nr : eps;
+        for (int j = 0; j < dim; j++)
+            dot += x[j] / den * g[j];
+        for (int j = 0; j < dim; j++) {
+            const double d = nr > eps ? (g[j] - x[j] / den * dot) / nr : g[j] / eps;
+            want[(int64_t)i * dim + j] = (float)d; /* the added part; compared after subtracting grad */
+        }
+    }
+    k_scatter_plan plan;
+    CUDA_REQUIRE(k_scatter_plan_init(&plan, rows, n_ids, dim));
+    void *scratch = gpu_alloc(plan.scratch_bytes);
+    float *d_src = gpu_upload(src, (size_t)(rows * dim) * 4), *d_table = gpu_upload(table, (size_t)n_ids * dim * 4);
+    float *d_grad = gpu_alloc((size_t)n_ids * dim * 4);
+    int32_t *d_ids = gpu_upload(ids, (size_t)rows * 4);
+    REQUIRE(scratch && d_src && d_table && d_grad && d_ids);
+    float *got[2];
+    for (int rep = 0; rep < 2; rep++) {
+        cudaMemcpy(d_grad, grad, (size_t)n_ids * dim * 4, cudaMemcpyHostToDevice);
+        KERNEL_REQUIRE(
+            k_scatter_add_rows_l2bwd(d_grad, d_src, d_ids, rows, dim, d_table, eps, &plan, scratch, 0));
+        got[rep] = download_f32(d_grad, (int64_t)n_ids * dim);
+    }
+    CHECK(same_bits(got[0], got[1], (size_t)n_ids * dim * 4), "scatter_l2 rows=%lld dim=%d: not deterministic",
+          (long long)rows, dim);
+    float *delta = host_f32((int64_t)n_ids * dim);
+    for (int64_t i = 0; i < (int64_t)n_ids * dim; i++)
+        delta[i] = got[0][i] - grad[i];
+    char what[96];
+    snprintf(what, sizeof what, "scatter_add_rows_l2bwd rows=%lld dim=%d", (long long)rows, dim);
+    CHECK_REL(delta, want, (int64_t)n_ids * dim, 1e-5, what);
+    /* ids without rows keep their exact gradient */
+    uint8_t *touched = calloc((size_t)n_ids, 1);
+    for (int64_t k = 0; k < rows; k++)
+        if (ids[k] < n_ids)
+            touched[ids[k]] = 1;
+    int64_t moved = 0;
+    for (int i = 0; i < n_ids; i++)
+        if (!touched[i])
+            moved += memcmp(got[0] + (int64_t)i * dim, grad + (int64_t)i * dim, (size_t)dim * 4) != 0;
+    CHECK(moved == 0, "scatter_l2: %lld untouched rows changed", (long long)moved);
+    free(touched);
+    free(delta);
+    free(got[0]);
+    free(got[1]);
+    cudaFree(d_ids);
+    cudaFree(d_grad);
+    cudaFree(d_table);
+    cudaFree(d_src);
+    cudaFree(scratch);
+    free(want);
+    free(sum);
+    free(ids);
+    free(grad);
+    free(table);
+    free(src);
+}
+
+TEST(kb_scatter_add_rows_l2bwd)
+{
+    REQUIRE(gpu_present());
+    /* every group configuration (dim / 4 units: 1 .. 256), short and long runs */
+    static const int dims[] = {4, 8, 16, 32, 64, 128, 256, 512, 1024, 100};
+    uint64_t c = 0;
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        scatter_l2_case(c++, 1, dims[di], 50, 0);
+        scatter_l2_case(c++, 3001, dims[di], 2000, 0);
+        scatter_l2_case(c++, 20000, dims[di], 40, 5); /* runs of ~4000 rows: chunked */
+    }
+    scatter_l2_case(c++, 2097152 / 8, 64, 100000, 0); /* an eighth of L4H64A4's negatives */
+    CHECK(!k_scatter_add_rows_l2bwd_supported(6) && !k_scatter_add_rows_l2bwd_supported(1028) &&
+              k_scatter_add_rows_l2bwd_supported(1024),
+          "supported widths");
+    k_scatter_plan plan;
+    CUDA_REQUIRE(k_scatter_plan_init(&plan, 10, 10, 8));
+    CHECK(k_scatter_add_rows_l2bwd(NULL, NULL, NULL, 4, 6, NULL, 1e-3f, &plan, NULL, 0) == cudaErrorInvalidValue,
+          "a width that is not a multiple of 4 is refused");
+    KERNEL_REQUIRE(k_scatter_add_rows_l2bwd(NULL, NULL, NULL, 0, 8, NULL, 1e-3f, &plan, NULL, 0));
+}
+
 TEST(kb_add_rows)
 {
     REQUIRE(gpu_present());
