@@ -687,7 +687,8 @@ extern "C" cudaError_t k_attention_fwd(gp_bf16 *out, float *lse, const gp_bf16 *
     if (e != cudaSuccess || !run)
         return e;
     if (k_attention_resident_supported(max_len, head_dim))
-        return attention_resident_fwd(out, lse, qkv, seq_off, seq_len, n_seq, max_len, n_heads, head_dim, causal, s);
+        return attention_resident_fwd(out, lse, qkv, NULL, seq_off, seq_len, n_seq, max_len, n_heads, head_dim, causal,
+                                      s);
     return tiled_fwd(grid, zdim, out, lse, qkv, seq_off, seq_len, n_heads, head_dim, causal, s);
 }
 
@@ -701,7 +702,38 @@ extern "C" cudaError_t k_attention_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, con
     if (e != cudaSuccess || !run)
         return e;
     if (k_attention_resident_supported(max_len, head_dim))
-        return attention_resident_bwd(d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
+        return attention_resident_bwd(d_qkv, d_out, qkv, NULL, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
                                       head_dim, causal, s);
     return tiled_bwd(grid, zdim, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_heads, head_dim, causal, s);
+}
+
+extern "C" cudaError_t k_attention_rope_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const float *rope_cs,
+                                            const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len,
+                                            int n_heads, int head_dim, int causal, cudaStream_t s)
+{
+    dim3 grid;
+    int zdim = 0, run = 0;
+    cudaError_t e = attention_args(&grid, &zdim, &run, n_seq, max_len, n_heads, head_dim, out, qkv, NULL, NULL);
+    if (e != cudaSuccess || !run)
+        return e;
+    if (!rope_cs || !k_attention_resident_supported(max_len, head_dim))
+        return cudaErrorInvalidValue;
+    return attention_resident_fwd(out, lse, qkv, rope_cs, seq_off, seq_len, n_seq, max_len, n_heads, head_dim, causal,
+                                  s);
+}
+
+extern "C" cudaError_t k_attention_rope_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv,
+                                            const float *rope_cs, const gp_bf16 *out, const float *lse,
+                                            const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len,
+                                            int n_heads, int head_dim, int causal, cudaStream_t s)
+{
+    dim3 grid;
+    int zdim = 0, run = 0;
+    cudaError_t e = attention_args(&grid, &zdim, &run, n_seq, max_len, n_heads, head_dim, d_qkv, d_out, qkv, out);
+    if (e != cudaSuccess || !run)
+        return e;
+    if (!rope_cs || !k_attention_resident_supported(max_len, head_dim))
+        return cudaErrorInvalidValue;
+    return attention_resident_bwd(d_qkv, d_out, qkv, rope_cs, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
+                                  head_dim, causal, s);
 }

@@ -15,13 +15,14 @@
 #define ATT_RES_MAX_LEN 256
 #define ATT_RES_SMEM_MAX (96 * 1024)
 
-/* Same arguments and results as k_attention_fwd / k_attention_bwd; every seq_len <= max_len and
- * k_attention_resident_supported(max_len, head_dim). Argument checks are the caller's. */
-cudaError_t attention_resident_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
-                                   const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim,
-                                   int causal, cudaStream_t s);
-cudaError_t attention_resident_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
-                                   const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
-                                   int max_len, int n_heads, int head_dim, int causal, cudaStream_t s);
+/* Same arguments and results as k_attention_fwd / k_attention_bwd (rope_cs NULL) or
+ * k_attention_rope_fwd / k_attention_rope_bwd (rope_cs the table); every seq_len <= max_len and
+ * k_attention_resident_supported(max_len, head_dim). The other argument checks are the caller's. */
+cudaError_t attention_resident_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const float *rope_cs,
+                                   const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len, int n_heads,
+                                   int head_dim, int causal, cudaStream_t s);
+cudaError_t attention_resident_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const float *rope_cs,
+                                   const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len,
+                                   int n_seq, int max_len, int n_heads, int head_dim, int causal, cudaStream_t s);
 
 #endif

@@ -31,6 +31,7 @@
 #include "attention_internal.h"
 #include "kernels.h"
 #include "mma_sm80.cuh"
+#include "rope.cuh"
 
 namespace {
 
@@ -97,6 +98,31 @@ __device__ __forceinline__ void stage_rows(uint16_t *dst, const uint16_t *__rest
         const int j = idx / S::CH, c = idx - j * S::CH;
         const bool in = j < L;
         cp_async16(dst + j * S::STR + c * 8, src + (int64_t)(in ? j : 0) * ld + c * 8, in);
+    }
+}
+
+/* The same through registers, each (even, odd) column pair of row j rotated by the rotary
+ * embedding of position j (cs: [position][HD/2] (cos, sin)), rounded to bf16 as k_rope_qk does. */
+template <int HD>
+__device__ __forceinline__ void stage_rows_rope(uint16_t *dst, const uint16_t *__restrict__ src, int64_t ld, int L,
+                                                int lp, const float2 *__restrict__ cs)
+{
+    using S = ResShape<HD>;
+    for (int idx = threadIdx.x; idx < lp * S::CH; idx += RES_THREADS) {
+        const int j = idx / S::CH, c = idx - j * S::CH;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (j < L) {
+            v = __ldg(reinterpret_cast<const uint4 *>(src + (int64_t)j * ld + c * 8));
+            uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 o = rope::rotate(__uint_as_float(w[k] << 16), __uint_as_float(w[k] & 0xFFFF0000u),
+                                              __ldg(cs + j * (HD / 2) + c * 4 + k));
+                w[k] = pack_bf16x2(o.x, o.y);
+            }
+            v = make_uint4(w[0], w[1], w[2], w[3]);
+        }
+        *reinterpret_cast<uint4 *>(dst + j * S::STR + c * 8) = v;
     }
 }
 
@@ -181,6 +207,29 @@ __device__ __forceinline__ void store_block(uint16_t *lo, uint16_t *hi, const fl
     }
 }
 
+/* The same for gradients with respect to rotated q or k: each pair turned back by the inverse
+ * rotation of its row's position (cs_lo / cs_hi: the rows' (cos, sin), read only for rows that
+ * are stored), then rounded once. */
+template <int HD>
+__device__ __forceinline__ void store_block_unrope(uint16_t *lo, uint16_t *hi, const float (&acc)[ResShape<HD>::DBLK][4],
+                                                   float mul, const float2 *cs_lo, const float2 *cs_hi, int tig)
+{
+#pragma unroll
+    for (int ob = 0; ob < ResShape<HD>::DBLK; ob++) {
+        const int c = ob * 8 + 2 * tig, p = ob * 4 + tig;
+        if (lo) {
+            const float2 r = __ldg(cs_lo + p);
+            const float2 o = rope::rotate(acc[ob][0] * mul, acc[ob][1] * mul, make_float2(r.x, -r.y));
+            *reinterpret_cast<uint32_t *>(lo + c) = pack_bf16x2(o.x, o.y);
+        }
+        if (hi) {
+            const float2 r = __ldg(cs_hi + p);
+            const float2 o = rope::rotate(acc[ob][2] * mul, acc[ob][3] * mul, make_float2(r.x, -r.y));
+            *reinterpret_cast<uint32_t *>(hi + c) = pack_bf16x2(o.x, o.y);
+        }
+    }
+}
+
 /* The next work item of the CTA for this warp (all lanes get the same value). */
 __device__ __forceinline__ int next_item(int *counter, int lane)
 {
@@ -193,10 +242,10 @@ __device__ __forceinline__ int next_item(int *counter, int lane)
 /* ---- forward ---------------------------------------------------------------------------- */
 /* grid: n_seq * n_heads CTAs, (sequence, head) = (blockIdx.x / n_heads, blockIdx.x % n_heads).
  * Work items: the query blocks, the last (the most keys, when causal) first. */
-template <int HD>
+template <int HD, bool ROPE>
 __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::FWD_BLOCKS)
     attn_res_fwd_kernel(uint16_t *__restrict__ out, float *__restrict__ lse, const uint16_t *__restrict__ qkv,
-                        const int32_t *__restrict__ seq_off, const int32_t *__restrict__ seq_len, int n_heads,
+                        const float2 *__restrict__ rope_cs, const int32_t *__restrict__ seq_off, const int32_t *__restrict__ seq_len, int n_heads,
                         int causal, int cap, float scale_log2)
 {
     using S = ResShape<HD>;
@@ -214,10 +263,16 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::FWD_BLOCKS)
     const int64_t ld = 3 * (int64_t)D;
     const uint16_t *q_base = qkv + row0 * ld + (int64_t)h * HD;
     uint16_t *qs = res_smem, *ks = qs + cap * S::STR, *vs = ks + cap * S::STR;
-    stage_rows<HD>(qs, q_base, ld, L, lp);
-    stage_rows<HD>(ks, q_base + D, ld, L, lp);
     stage_rows<HD>(vs, q_base + 2 * D, ld, L, lp);
     cp_async_commit();
+    if (ROPE) {
+        stage_rows_rope<HD>(qs, q_base, ld, L, lp, rope_cs);
+        stage_rows_rope<HD>(ks, q_base + D, ld, L, lp, rope_cs);
+    } else {
+        stage_rows<HD>(qs, q_base, ld, L, lp);
+        stage_rows<HD>(ks, q_base + D, ld, L, lp);
+        cp_async_commit();
+    }
     if (threadIdx.x == 0)
         counter = 0;
     cp_async_wait_all();
@@ -309,10 +364,11 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::FWD_BLOCKS)
  * items nblk .. 2 nblk - 1: query block 2 nblk - 1 - it (dQ; causal: the last queries see the
  * most keys). With P = exp(Q K^T - lse), dP = dO V^T, dS = P (dP - D):
  *   dV = P^T dO, dK = dS^T Q, dQ = dS K (dK and dQ times the softmax scale). */
-template <int HD>
+template <int HD, bool ROPE>
 __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
     attn_res_bwd_kernel(uint16_t *__restrict__ d_qkv, const uint16_t *__restrict__ d_out,
-                        const uint16_t *__restrict__ qkv, const uint16_t *__restrict__ out,
+                        const uint16_t *__restrict__ qkv, const float2 *__restrict__ rope_cs,
+                        const uint16_t *__restrict__ out,
                         const float *__restrict__ lse, const int32_t *__restrict__ seq_off,
                         const int32_t *__restrict__ seq_len, int n_heads, int causal, int cap, float scale_log2,
                         float scale)
@@ -337,11 +393,17 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
     uint16_t *qs = res_smem, *ks = qs + cap * S::STR, *vs = ks + cap * S::STR, *dos = vs + cap * S::STR;
     float *lse2s = reinterpret_cast<float *>(dos + cap * S::STR); /* lse * log2(e) */
     float *dds = lse2s + cap;                                       /* D = <dO, O> */
-    stage_rows<HD>(qs, q_base, ld, L, lp);
-    stage_rows<HD>(ks, q_base + D, ld, L, lp);
     stage_rows<HD>(vs, q_base + 2 * D, ld, L, lp);
     stage_rows<HD>(dos, do_base, D, L, lp);
+    if (!ROPE) {
+        stage_rows<HD>(qs, q_base, ld, L, lp);
+        stage_rows<HD>(ks, q_base + D, ld, L, lp);
+    }
     cp_async_commit();
+    if (ROPE) {
+        stage_rows_rope<HD>(qs, q_base, ld, L, lp, rope_cs);
+        stage_rows_rope<HD>(ks, q_base + D, ld, L, lp, rope_cs);
+    }
     /* while the copies fly: the per-row statistics, 0 past the end (those rows are masked) */
     for (int t = threadIdx.x; t < lp; t += RES_THREADS) {
         float dd = 0.f, l2 = 0.f;
@@ -406,7 +468,11 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
             }
             uint16_t *lo = j_lo < L ? dq_base + j_lo * ld : nullptr;
             uint16_t *hi = j_hi < L ? dq_base + j_hi * ld : nullptr;
-            store_block<HD>(lo ? lo + D : nullptr, hi ? hi + D : nullptr, dk, scale, scale, tig);
+            if (ROPE)
+                store_block_unrope<HD>(lo ? lo + D : nullptr, hi ? hi + D : nullptr, dk, scale,
+                                       rope_cs + j_lo * (HD / 2), rope_cs + j_hi * (HD / 2), tig);
+            else
+                store_block<HD>(lo ? lo + D : nullptr, hi ? hi + D : nullptr, dk, scale, scale, tig);
             store_block<HD>(lo ? lo + 2 * D : nullptr, hi ? hi + 2 * D : nullptr, dv, 1.f, 1.f, tig);
         } else {
             /* query owner: rows r0 .. r0 + 15, S = Q K^T and dP = dO V^T over key chunks */
@@ -443,45 +509,71 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
                 }
                 product_over_chunk<HD, RES_BWD_CHUNK / 8>(dq, s, ks, k0, nks, lane);
             }
-            store_block<HD>(t_lo < L ? dq_base + t_lo * ld : nullptr, t_hi < L ? dq_base + t_hi * ld : nullptr, dq,
-                            scale, scale, tig);
+            uint16_t *lo = t_lo < L ? dq_base + t_lo * ld : nullptr, *hi = t_hi < L ? dq_base + t_hi * ld : nullptr;
+            if (ROPE)
+                store_block_unrope<HD>(lo, hi, dq, scale, rope_cs + t_lo * (HD / 2), rope_cs + t_hi * (HD / 2), tig);
+            else
+                store_block<HD>(lo, hi, dq, scale, scale, tig);
         }
     }
 }
 
-template <int HD>
-cudaError_t launch_res_fwd(cudaStream_t s, gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
-                           const int32_t *seq_len, int n_seq, int max_len, int n_heads, int causal)
+template <int HD, bool ROPE>
+cudaError_t launch_res_fwd(cudaStream_t s, gp_bf16 *out, float *lse, const gp_bf16 *qkv, const float *rope_cs,
+                           const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len, int n_heads,
+                           int causal)
 {
     const size_t smem = res_fwd_smem<HD>(max_len);
     cudaError_t e =
-        cudaFuncSetAttribute(attn_res_fwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(attn_res_fwd_kernel<HD, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return e;
     const float scale_log2 = (float)(1.0 / sqrt((double)HD) * 1.4426950408889634);
-    attn_res_fwd_kernel<HD><<<(unsigned)((int64_t)n_seq * n_heads), RES_THREADS, smem, s>>>(
-        reinterpret_cast<uint16_t *>(out), lse, reinterpret_cast<const uint16_t *>(qkv), seq_off, seq_len, n_heads,
-        causal, res_rows(max_len), scale_log2);
+    attn_res_fwd_kernel<HD, ROPE><<<(unsigned)((int64_t)n_seq * n_heads), RES_THREADS, smem, s>>>(
+        reinterpret_cast<uint16_t *>(out), lse, reinterpret_cast<const uint16_t *>(qkv),
+        reinterpret_cast<const float2 *>(rope_cs), seq_off, seq_len, n_heads, causal, res_rows(max_len), scale_log2);
     return cudaGetLastError();
 }
 
-template <int HD>
+template <int HD, bool ROPE>
 cudaError_t launch_res_bwd(cudaStream_t s, gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv,
-                           const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len,
-                           int n_seq, int max_len, int n_heads, int causal)
+                           const float *rope_cs, const gp_bf16 *out, const float *lse, const int32_t *seq_off,
+                           const int32_t *seq_len, int n_seq, int max_len, int n_heads, int causal)
 {
     const size_t smem = res_bwd_smem<HD>(max_len);
     cudaError_t e =
-        cudaFuncSetAttribute(attn_res_bwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(attn_res_bwd_kernel<HD, ROPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return e;
     const float scale = (float)(1.0 / sqrt((double)HD));
     const float scale_log2 = (float)(1.0 / sqrt((double)HD) * 1.4426950408889634);
-    attn_res_bwd_kernel<HD><<<(unsigned)((int64_t)n_seq * n_heads), RES_THREADS, smem, s>>>(
+    attn_res_bwd_kernel<HD, ROPE><<<(unsigned)((int64_t)n_seq * n_heads), RES_THREADS, smem, s>>>(
         reinterpret_cast<uint16_t *>(d_qkv), reinterpret_cast<const uint16_t *>(d_out),
-        reinterpret_cast<const uint16_t *>(qkv), reinterpret_cast<const uint16_t *>(out), lse, seq_off, seq_len,
-        n_heads, causal, res_rows(max_len), scale_log2, scale);
+        reinterpret_cast<const uint16_t *>(qkv), reinterpret_cast<const float2 *>(rope_cs),
+        reinterpret_cast<const uint16_t *>(out), lse, seq_off, seq_len, n_heads, causal, res_rows(max_len),
+        scale_log2, scale);
     return cudaGetLastError();
+}
+
+template <int HD>
+cudaError_t res_fwd_hd(cudaStream_t s, gp_bf16 *out, float *lse, const gp_bf16 *qkv, const float *rope_cs,
+                       const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len, int n_heads, int causal)
+{
+    return rope_cs ? launch_res_fwd<HD, true>(s, out, lse, qkv, rope_cs, seq_off, seq_len, n_seq, max_len, n_heads,
+                                              causal)
+                   : launch_res_fwd<HD, false>(s, out, lse, qkv, rope_cs, seq_off, seq_len, n_seq, max_len, n_heads,
+                                               causal);
+}
+
+template <int HD>
+cudaError_t res_bwd_hd(cudaStream_t s, gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const float *rope_cs,
+                       const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
+                       int max_len, int n_heads, int causal)
+{
+    return rope_cs ? launch_res_bwd<HD, true>(s, d_qkv, d_out, qkv, rope_cs, out, lse, seq_off, seq_len, n_seq,
+                                              max_len, n_heads, causal)
+                   : launch_res_bwd<HD, false>(s, d_qkv, d_out, qkv, rope_cs, out, lse, seq_off, seq_len, n_seq,
+                                               max_len, n_heads, causal);
 }
 
 size_t res_bwd_smem_any(int head_dim, int max_len)
@@ -504,33 +596,36 @@ extern "C" int k_attention_resident_supported(int max_len, int head_dim)
     return bwd > 0 && bwd <= ATT_RES_SMEM_MAX;
 }
 
-cudaError_t attention_resident_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const int32_t *seq_off,
-                                   const int32_t *seq_len, int n_seq, int max_len, int n_heads, int head_dim,
-                                   int causal, cudaStream_t s)
+cudaError_t attention_resident_fwd(gp_bf16 *out, float *lse, const gp_bf16 *qkv, const float *rope_cs,
+                                   const int32_t *seq_off, const int32_t *seq_len, int n_seq, int max_len, int n_heads,
+                                   int head_dim, int causal, cudaStream_t s)
 {
-    if ((int64_t)n_seq * n_heads > INT32_MAX)
+    if ((int64_t)n_seq * n_heads > INT32_MAX || (rope_cs && ((uintptr_t)rope_cs & 7u)))
         return cudaErrorInvalidValue;
     switch (head_dim) {
-    case 16: return launch_res_fwd<16>(s, out, lse, qkv, seq_off, seq_len, n_seq, max_len, n_heads, causal);
-    case 32: return launch_res_fwd<32>(s, out, lse, qkv, seq_off, seq_len, n_seq, max_len, n_heads, causal);
-    case 64: return launch_res_fwd<64>(s, out, lse, qkv, seq_off, seq_len, n_seq, max_len, n_heads, causal);
+    case 16: return res_fwd_hd<16>(s, out, lse, qkv, rope_cs, seq_off, seq_len, n_seq, max_len, n_heads, causal);
+    case 32: return res_fwd_hd<32>(s, out, lse, qkv, rope_cs, seq_off, seq_len, n_seq, max_len, n_heads, causal);
+    case 64: return res_fwd_hd<64>(s, out, lse, qkv, rope_cs, seq_off, seq_len, n_seq, max_len, n_heads, causal);
     default: return cudaErrorInvalidValue;
     }
 }
 
-cudaError_t attention_resident_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const gp_bf16 *out,
-                                   const float *lse, const int32_t *seq_off, const int32_t *seq_len, int n_seq,
-                                   int max_len, int n_heads, int head_dim, int causal, cudaStream_t s)
+cudaError_t attention_resident_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const gp_bf16 *qkv, const float *rope_cs,
+                                   const gp_bf16 *out, const float *lse, const int32_t *seq_off, const int32_t *seq_len,
+                                   int n_seq, int max_len, int n_heads, int head_dim, int causal, cudaStream_t s)
 {
-    if ((int64_t)n_seq * n_heads > INT32_MAX)
+    if ((int64_t)n_seq * n_heads > INT32_MAX || (rope_cs && ((uintptr_t)rope_cs & 7u)))
         return cudaErrorInvalidValue;
     switch (head_dim) {
     case 16:
-        return launch_res_bwd<16>(s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_seq, max_len, n_heads, causal);
+        return res_bwd_hd<16>(s, d_qkv, d_out, qkv, rope_cs, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
+                              causal);
     case 32:
-        return launch_res_bwd<32>(s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_seq, max_len, n_heads, causal);
+        return res_bwd_hd<32>(s, d_qkv, d_out, qkv, rope_cs, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
+                              causal);
     case 64:
-        return launch_res_bwd<64>(s, d_qkv, d_out, qkv, out, lse, seq_off, seq_len, n_seq, max_len, n_heads, causal);
+        return res_bwd_hd<64>(s, d_qkv, d_out, qkv, rope_cs, out, lse, seq_off, seq_len, n_seq, max_len, n_heads,
+                              causal);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -7,6 +7,7 @@
  * row shares them, then rotates the tile's q|k columns: 8 bf16 (4 pairs, 16 bytes) per thread
  * and step when head_dim % 8 == 0 and the buffer is 16-byte aligned, else pair by pair. */
 #include "common.cuh"
+#include "rope.cuh"
 
 namespace
 {
@@ -21,10 +22,8 @@ __global__ void __launch_bounds__(T) rope_kernel(uint16_t *qkv, const int32_t *p
     __shared__ float freq[ROPE_CS];
     const int half = head_dim / 2;
     const int64_t D = (int64_t)n_heads * head_dim, stride = 3 * D;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float expo = (float)(2 * i) / (float)head_dim;
-        freq[i] = 1.0f / powf(theta, expo);
-    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        freq[i] = rope::freq(i, head_dim, theta);
     /* per row: units of 8 columns (vec) or pairs over the 2 * n_heads heads of q and k */
     const int64_t per_row = vec ? (2 * D) / kb::UNIT : (int64_t)2 * n_heads * half;
     for (int64_t t0 = (int64_t)blockIdx.x * tile_rows; t0 < rows; t0 += (int64_t)gridDim.x * tile_rows) {
@@ -32,10 +31,7 @@ __global__ void __launch_bounds__(T) rope_kernel(uint16_t *qkv, const int32_t *p
         __syncthreads(); /* freq is ready; the previous tile is done with cs */
         for (int i = threadIdx.x; i < tr * half; i += blockDim.x) {
             const int rr = i / half, p = i - rr * half;
-            const float angle = (float)__ldg(pos + t0 + rr) * freq[p];
-            float sn, cn;
-            sincosf(angle, &sn, &cn);
-            cs[i] = make_float2(cn, sign * sn);
+            cs[i] = rope::cos_sin(__ldg(pos + t0 + rr), freq[p], sign);
         }
         __syncthreads();
         const int64_t work = (int64_t)tr * per_row;
@@ -55,23 +51,46 @@ __global__ void __launch_bounds__(T) rope_kernel(uint16_t *qkv, const int32_t *p
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
                     const float a = __uint_as_float(wv[k] << 16), b = __uint_as_float(wv[k] & 0xffff0000u);
-                    const float2 r = rcs[p0 + k];
-                    wv[k] = kb::f2bf2(a * r.x - b * r.y, a * r.y + b * r.x);
+                    const float2 o = rope::rotate(a, b, rcs[p0 + k]);
+                    wv[k] = kb::f2bf2(o.x, o.y);
                 }
                 *ptr = make_uint4(wv[0], wv[1], wv[2], wv[3]);
             } else {
                 const int h = c / half, p = c - h * half;
                 uint16_t *e = row + (int64_t)h * head_dim + 2 * p;
                 const float a = kb::bf2f(e[0]), b = kb::bf2f(e[1]);
-                const float2 r = rcs[p];
-                e[0] = kb::f2bf(a * r.x - b * r.y);
-                e[1] = kb::f2bf(a * r.y + b * r.x);
+                const float2 o = rope::rotate(a, b, rcs[p]);
+                e[0] = kb::f2bf(o.x);
+                e[1] = kb::f2bf(o.y);
             }
         }
     }
 }
 
+/* cs[pos * half + i] = (cos, sin) of position pos and pair i. */
+__global__ void __launch_bounds__(T) rope_table_kernel(float2 *cs, int n_pos, int head_dim, float theta)
+{
+    const int half = head_dim / 2;
+    const int64_t n = (int64_t)n_pos * half, stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const int pos = (int)(i / half), p = (int)(i - (int64_t)pos * half);
+        cs[i] = rope::cos_sin(pos, rope::freq(p, head_dim, theta), 1.0f);
+    }
+}
+
 } /* namespace */
+
+extern "C" cudaError_t k_rope_table(float *cs, int n_pos, int head_dim, double theta, cudaStream_t s)
+{
+    if (n_pos <= 0 || head_dim < 2)
+        return cudaSuccess;
+    if (head_dim % 2 != 0 || !kb::aligned8(cs))
+        return cudaErrorInvalidValue;
+    const int64_t n = (int64_t)n_pos * (head_dim / 2);
+    rope_table_kernel<<<kb::grid_for(rope_table_kernel, n, T), T, 0, s>>>(reinterpret_cast<float2 *>(cs), n_pos,
+                                                                          head_dim, (float)theta);
+    return cudaGetLastError();
+}
 
 extern "C" cudaError_t k_rope_qk(gp_bf16 *qkv, const int32_t *pos, int64_t rows, int n_heads, int head_dim,
                                  double theta, int inverse, cudaStream_t s)

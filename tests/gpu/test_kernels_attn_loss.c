@@ -226,6 +226,108 @@ TEST(kattn_resident_choice)
           "tiled kernels elsewhere");
 }
 
+/* The rotary embedding folded into the resident kernels against the separate passes: forward
+ * bit-identical to k_rope_qk (pos = row in sequence) + k_attention_fwd; backward: dv bit-identical
+ * and dq, dk within bf16 rounding of k_attention_bwd + inverse k_rope_qk (one rounding fewer). */
+static void rope_case(int hd, int causal, int n_heads)
+{
+    const int max_len = hd == 64 ? 160 : 256;
+    int32_t lens[RES_NSEQ], off[RES_NSEQ];
+    int64_t rows = 0;
+    for (int b = 0; b < RES_NSEQ; b++) {
+        lens[b] = res_lens[b] < max_len ? res_lens[b] : max_len;
+        off[b] = (int32_t)rows;
+        rows += lens[b];
+    }
+    const int D = n_heads * hd;
+    const int64_t n_qkv = rows * 3 * D, n_out = rows * D, n_lse = rows * n_heads;
+    int32_t *pos = malloc((size_t)rows * 4);
+    for (int b = 0; b < RES_NSEQ; b++)
+        for (int t = 0; t < lens[b]; t++)
+            pos[off[b] + t] = t;
+    gp_rng rng = gp_rng_stream(23, RNG_PURPOSE_TEST, (uint64_t)hd, (uint64_t)causal);
+    uint16_t *qkv_h = malloc((size_t)n_qkv * 2), *dout_h = malloc((size_t)n_out * 2);
+    for (int64_t i = 0; i < n_qkv; i++)
+        qkv_h[i] = float_to_bf16((float)(1.2 * gp_rng_normal(&rng)));
+    for (int64_t i = 0; i < n_out; i++)
+        dout_h[i] = float_to_bf16((float)gp_rng_normal(&rng));
+    const double theta = 10000.0;
+    uint16_t *d_qkv = gpu_upload(qkv_h, (size_t)n_qkv * 2), *d_roped = gpu_upload(qkv_h, (size_t)n_qkv * 2);
+    uint16_t *d_dout = gpu_upload(dout_h, (size_t)n_out * 2);
+    int32_t *d_off = gpu_upload(off, sizeof off), *d_len = gpu_upload(lens, sizeof lens);
+    int32_t *d_pos = gpu_upload(pos, (size_t)rows * 4);
+    float *d_cs = gpu_alloc((size_t)max_len * hd * 4);
+    uint16_t *d_out_a = gpu_alloc((size_t)n_out * 2), *d_out_b = gpu_alloc((size_t)n_out * 2);
+    float *d_lse_a = gpu_alloc((size_t)n_lse * 4), *d_lse_b = gpu_alloc((size_t)n_lse * 4);
+    uint16_t *d_g_a = gpu_alloc((size_t)n_qkv * 2), *d_g_b = gpu_alloc((size_t)n_qkv * 2);
+    REQUIRE(d_qkv && d_roped && d_dout && d_off && d_len && d_pos && d_cs && d_out_a && d_out_b && d_lse_a &&
+            d_lse_b && d_g_a && d_g_b);
+    KERNEL_REQUIRE(k_rope_qk(d_roped, d_pos, rows, n_heads, hd, theta, 0, 0));
+    KERNEL_REQUIRE(k_attention_fwd(d_out_a, d_lse_a, d_roped, d_off, d_len, RES_NSEQ, max_len, n_heads, hd, causal, 0));
+    KERNEL_REQUIRE(k_attention_bwd(d_g_a, d_dout, d_roped, d_out_a, d_lse_a, d_off, d_len, RES_NSEQ, max_len, n_heads,
+                                   hd, causal, 0));
+    KERNEL_REQUIRE(k_rope_qk(d_g_a, d_pos, rows, n_heads, hd, theta, 1, 0));
+    KERNEL_REQUIRE(k_rope_table(d_cs, max_len, hd, theta, 0));
+    KERNEL_REQUIRE(k_attention_rope_fwd(d_out_b, d_lse_b, d_qkv, d_cs, d_off, d_len, RES_NSEQ, max_len, n_heads, hd,
+                                        causal, 0));
+    KERNEL_REQUIRE(k_attention_rope_bwd(d_g_b, d_dout, d_qkv, d_cs, d_out_b, d_lse_b, d_off, d_len, RES_NSEQ, max_len,
+                                        n_heads, hd, causal, 0));
+    uint16_t *oa = malloc((size_t)n_out * 2), *ob = malloc((size_t)n_out * 2);
+    float *la = malloc((size_t)n_lse * 4), *lb = malloc((size_t)n_lse * 4);
+    uint16_t *ga = malloc((size_t)n_qkv * 2), *gb = malloc((size_t)n_qkv * 2);
+    gpu_download(oa, d_out_a, (size_t)n_out * 2);
+    gpu_download(ob, d_out_b, (size_t)n_out * 2);
+    gpu_download(la, d_lse_a, (size_t)n_lse * 4);
+    gpu_download(lb, d_lse_b, (size_t)n_lse * 4);
+    gpu_download(ga, d_g_a, (size_t)n_qkv * 2);
+    gpu_download(gb, d_g_b, (size_t)n_qkv * 2);
+    CHECK(memcmp(oa, ob, (size_t)n_out * 2) == 0 && memcmp(la, lb, (size_t)n_lse * 4) == 0,
+          "rope attention forward differs from rope + attention (head_dim %d, causal %d)", hd, causal);
+    float *fa = bf16_array_to_float(ga, n_qkv), *fb = bf16_array_to_float(gb, n_qkv);
+    int v_same = 1;
+    for (int64_t r = 0; r < rows && v_same; r++)
+        v_same = memcmp(ga + r * 3 * D + 2 * D, gb + r * 3 * D + 2 * D, (size_t)D * 2) == 0;
+    CHECK(v_same, "rope attention dv differs (head_dim %d, causal %d)", hd, causal);
+    float *qa = take_columns(fa, rows, D, 0), *qb = take_columns(fb, rows, D, 0);
+    float *ka = take_columns(fa, rows, D, D), *kb2 = take_columns(fb, rows, D, D);
+    char what[96];
+    snprintf(what, sizeof what, "rope attention dq (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(qb, qa, n_out, 1e-2, what);
+    snprintf(what, sizeof what, "rope attention dk (head_dim %d, causal %d)", hd, causal);
+    CHECK_REL(kb2, ka, n_out, 1e-2, what);
+    CHECK(k_attention_rope_fwd(d_out_b, d_lse_b, d_qkv, d_cs, d_off, d_len, RES_NSEQ, 1024, n_heads, hd, causal, 0) ==
+              cudaErrorInvalidValue,
+          "rope attention must refuse the tiled shapes");
+    free(qa);
+    free(qb);
+    free(ka);
+    free(kb2);
+    free(fa);
+    free(fb);
+    free(oa);
+    free(ob);
+    free(la);
+    free(lb);
+    free(ga);
+    free(gb);
+    free(qkv_h);
+    free(dout_h);
+    free(pos);
+    void *bufs[] = {d_qkv, d_roped, d_dout, d_off, d_len, d_pos, d_cs, d_out_a, d_out_b, d_lse_a, d_lse_b, d_g_a, d_g_b};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        cudaFree(bufs[i]);
+}
+
+TEST(kattn_rope_matches_separate_passes)
+{
+    REQUIRE(gpu_present());
+    for (int causal = 0; causal <= 1; causal++) {
+        rope_case(16, causal, 3);
+        rope_case(32, causal, 2);
+        rope_case(64, causal, 2);
+    }
+}
+
 TEST(kattn_rejects_bad_sizes)
 {
     REQUIRE(gpu_present());
