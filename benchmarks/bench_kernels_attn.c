@@ -1,5 +1,6 @@
 /* bench_kernels_attn: k_attention_fwd / k_attention_bwd (tensor cores) at the paper sizes'
- * head dims 8, 16, 32, 64 on full-length packed sequences of 201 positions.
+ * head dims 8, 16, 32, 64 on full-length packed sequences of 201 positions, and L4H256A4 also at
+ * the 51 of its step configuration (where head_dim 64 takes the resident kernels).
  *
  * FLOPs ("useful"): the forward's Q K^T and P V, 4 L^2 hd per (sequence, head), half of it when
  * causal; the backward 2.5x that (dV, dP, dQ, dK and the recomputed scores: five products
@@ -28,10 +29,11 @@
 #include "util.h"
 
 #define MAXSET 16
-#define LP 208 /* padded row length of the unfused path's L x L scores */
 
 typedef struct {
     int nseq, H, hd, causal, n;
+    int pos; /* positions per sequence (every sequence full length) */
+    int lp;  /* the unfused path's L x L score rows, padded to 16 for alignment (201 -> 208) */
     int64_t R;
     int32_t *off, *len;
     gp_bf16 *qkv[MAXSET], *out[MAXSET], *dout[MAXSET], *dqkv[MAXSET];
@@ -62,21 +64,21 @@ static void l_cbwd(void *p, int i)
 static void l_fwd(void *p, int i)
 {
     attn_ctx *c = p;
-    CK(k_attention_fwd(c->out[i], c->lse[i], c->qkv[i], c->off, c->len, c->nseq, BK_POSITIONS, c->H, c->hd, c->causal,
+    CK(k_attention_fwd(c->out[i], c->lse[i], c->qkv[i], c->off, c->len, c->nseq, c->pos, c->H, c->hd, c->causal,
                        BK.s));
 }
 
 static void l_bwd(void *p, int i)
 {
     attn_ctx *c = p;
-    CK(k_attention_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->off, c->len, c->nseq, BK_POSITIONS,
+    CK(k_attention_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->off, c->len, c->nseq, c->pos,
                        c->H, c->hd, c->causal, BK.s));
 }
 
 static void l_tfwd(void *p, int i)
 {
     attn_ctx *c = p;
-    CK(k_attention_tiled_fwd(c->out[i], c->lse[i], c->qkv[i], c->off, c->len, c->nseq, BK_POSITIONS, c->H, c->hd,
+    CK(k_attention_tiled_fwd(c->out[i], c->lse[i], c->qkv[i], c->off, c->len, c->nseq, c->pos, c->H, c->hd,
                              c->causal, BK.s));
 }
 
@@ -84,7 +86,7 @@ static void l_tbwd(void *p, int i)
 {
     attn_ctx *c = p;
     CK(k_attention_tiled_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->off, c->len, c->nseq,
-                             BK_POSITIONS, c->H, c->hd, c->causal, BK.s));
+                             c->pos, c->H, c->hd, c->causal, BK.s));
 }
 
 static void l_gfwd(void *p, int i)
@@ -112,14 +114,14 @@ static gemm_args bgemm(const attn_ctx *c, int ta, int tb, int64_t M, int64_t N, 
 
 static void unfused_fwd_args(const attn_ctx *c, gemm_args g[2])
 {
-    const int64_t L = BK_POSITIONS, hd = c->hd, sq = L * hd, ss = L * LP;
+    const int64_t L = c->pos, LP = c->lp, hd = c->hd, sq = L * hd, ss = L * LP;
     g[0] = bgemm(c, 0, 1, L, L, hd, c->Q, hd, sq, c->K, hd, sq, c->S, LP, ss, 1.0f / sqrtf((float)hd));
     g[1] = bgemm(c, 0, 0, L, hd, L, c->S, LP, ss, c->V, hd, sq, c->O, hd, sq, 1.0f);
 }
 
 static void unfused_bwd_args(const attn_ctx *c, gemm_args g[4])
 {
-    const int64_t L = BK_POSITIONS, hd = c->hd, sq = L * hd, ss = L * LP;
+    const int64_t L = c->pos, LP = c->lp, hd = c->hd, sq = L * hd, ss = L * LP;
     g[0] = bgemm(c, 1, 0, L, hd, L, c->S, LP, ss, c->dO, hd, sq, c->dV, hd, sq, 1.0f);  /* dV = P^T dO */
     g[1] = bgemm(c, 0, 1, L, L, hd, c->dO, hd, sq, c->V, hd, sq, c->dP, LP, ss, 1.0f);  /* dP = dO V^T */
     g[2] = bgemm(c, 0, 0, L, hd, L, c->S, LP, ss, c->K, hd, sq, c->dQ, hd, sq, 1.0f);   /* dQ = dS K */
@@ -142,17 +144,18 @@ static void l_ubwd(void *p, int i)
         bk_gemm(&g[k]);
 }
 
-static void attn_case(int nseq, int H, int hd, int causal, const char *size, int generic)
+static void attn_case(int nseq, int pos, int H, int hd, int causal, const char *size, int generic)
 {
     if (!bk_want("attention"))
         return;
-    attn_ctx c = {.nseq = nseq, .H = H, .hd = hd, .causal = causal, .R = (int64_t)nseq * BK_POSITIONS};
-    const int64_t D = (int64_t)H * hd, R = c.R, L = BK_POSITIONS;
+    attn_ctx c = {.nseq = nseq, .H = H, .hd = hd, .causal = causal, .pos = pos, .lp = (pos + 15) / 16 * 16,
+                  .R = (int64_t)nseq * pos};
+    const int64_t D = (int64_t)H * hd, R = c.R, L = pos, LP = c.lp;
     const double RD = (double)R * D;
     int32_t *h = gp_xmalloc((size_t)nseq * 2 * sizeof *h);
     for (int b = 0; b < nseq; b++) {
-        h[b] = b * BK_POSITIONS;
-        h[nseq + b] = BK_POSITIONS;
+        h[b] = b * pos;
+        h[nseq + b] = pos;
     }
     c.off = bk_upload(h, (size_t)nseq * 4);
     c.len = bk_upload(h + nseq, (size_t)nseq * 4);
@@ -168,8 +171,8 @@ static void attn_case(int nseq, int H, int hd, int causal, const char *size, int
         c.dqkv[i] = bk_alloc((size_t)RD * 6);
     }
     char sh[96];
-    snprintf(sh, sizeof sh, "%s %dx%d, %dx%d%s", size, nseq, BK_POSITIONS, H, hd, causal ? " causal" : " bidir");
-    const int resident = k_attention_resident_supported(BK_POSITIONS, hd);
+    snprintf(sh, sizeof sh, "%s %dx%d, %dx%d%s", size, nseq, pos, H, hd, causal ? " causal" : " bidir");
+    const int resident = k_attention_resident_supported(pos, hd);
     bk_timing t = bk_time(l_fwd, &c, c.n);
     bk_meas m = {"attention_fwd", sh, "ours", resident ? "k_attention_fwd (resident)" : "k_attention_fwd (tiled)",
                  fwd_bytes, 0, fwd_flops, fwd_bytes, "useful FLOPs: 4 L^2 hd per (seq, head), causal half"};
@@ -200,7 +203,7 @@ static void attn_case(int nseq, int H, int hd, int causal, const char *size, int
                       NULL};
         bk_meas cb = {"attention_bwd", sh, "cuDNN fused attention", "cudnn_attn_bwd (deterministic)", bwd_bytes, 0,
                       bwd_flops, bwd_bytes, NULL};
-        cudnn_attn_shape cs = {.n_heads = H, .head_dim = hd, .max_len = BK_POSITIONS, .max_seq = nseq, .causal = causal};
+        cudnn_attn_shape cs = {.n_heads = H, .head_dim = hd, .max_len = pos, .max_seq = nseq, .causal = causal};
         char why[200];
         gp_err ce = {{0}};
         if (!cudnn_attn_supported(&cs, why, sizeof why)) {
@@ -212,8 +215,8 @@ static void attn_case(int nseq, int H, int hd, int causal, const char *size, int
         } else {
             int32_t *rq = gp_xmalloc((size_t)(nseq + 1) * 8), *ro = rq + nseq + 1;
             for (int b = 0; b <= nseq; b++) {
-                rq[b] = (int32_t)((int64_t)b * BK_POSITIONS * 3 * D);
-                ro[b] = (int32_t)((int64_t)b * BK_POSITIONS * D);
+                rq[b] = (int32_t)((int64_t)b * pos * 3 * D);
+                ro[b] = (int32_t)((int64_t)b * pos * D);
             }
             c.rag_qkv = bk_upload(rq, (size_t)(nseq + 1) * 4);
             c.rag_out = bk_upload(ro, (size_t)(nseq + 1) * 4);
@@ -282,12 +285,14 @@ static void attn_case(int nseq, int H, int hd, int causal, const char *size, int
 
 void bk_cases_attn(void)
 {
-    bk_progress("attention at each paper size (packed sequences of 201 positions)");
+    bk_progress("attention at each paper size (packed sequences of 201 positions; L4H256A4 also at its 51)");
     for (int zi = 0; zi < bk_n_sizes; zi++) {
         const bk_size *z = &bk_sizes[zi];
         int hd = z->dim / z->heads;
-        attn_case(z->seqs, z->heads, hd, 1, z->name, hd == 16 || z->dim == 256);
+        attn_case(z->seqs, BK_POSITIONS, z->heads, hd, 1, z->name, hd == 16 || z->dim == 256);
         if (hd == 16)
-            attn_case(z->seqs, z->heads, hd, 0, z->name, 0);
+            attn_case(z->seqs, BK_POSITIONS, z->heads, hd, 0, z->name, 0);
+        if (z->dim == 256) /* the step configuration's 50 history slots + the candidate */
+            attn_case(z->seqs, 51, z->heads, hd, 1, z->name, 0);
     }
 }
