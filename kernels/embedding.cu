@@ -99,13 +99,17 @@ __global__ void __launch_bounds__(kb::THREADS)
 
 /* ---- scatter-add ------------------------------------------------------------------------------ */
 
-/* keys[i] = ids[i], vals[i] = i: the input of the stable sort. */
+/* keys[i] = ids[i], vals[i] = i: the input of the stable sort. An id outside [0, n_ids) gets the
+ * key n_ids, so that such rows form one run of their own that the final kernels skip: the sort
+ * looks only at the bits of keys <= n_ids, and a raw out-of-range id would alias a valid id's low
+ * bits, land inside its rows and split its run in two (two groups updating one row). */
 __global__ void __launch_bounds__(kb::THREADS)
-    scatter_prep_kernel(uint32_t *keys, int32_t *vals, const int32_t *ids, int64_t rows)
+    scatter_prep_kernel(uint32_t *keys, int32_t *vals, const int32_t *ids, int64_t rows, int64_t n_ids)
 {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows; i += stride) {
-        keys[i] = (uint32_t)__ldg(ids + i);
+        const int32_t id = __ldg(ids + i);
+        keys[i] = id >= 0 && (int64_t)id < n_ids ? (uint32_t)id : (uint32_t)n_ids;
         vals[i] = (int32_t)i;
     }
 }
@@ -492,7 +496,7 @@ cudaError_t cub_temp_bytes(int64_t rows, int64_t n_ids, size_t *bytes)
     size_t sort_bytes = 0, uniq_bytes = 0;
     cub::DoubleBuffer<uint32_t> k(nullptr, nullptr);
     cub::DoubleBuffer<int32_t> v(nullptr, nullptr);
-    cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, k, v, (int)rows, 0, end_bit_for(n_ids));
+    cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, k, v, (int)rows, 0, end_bit_for(n_ids + 1));
     if (e != cudaSuccess)
         return e;
     e = cub::DeviceSelect::UniqueByKey(nullptr, uniq_bytes, (const uint32_t *)nullptr,
@@ -575,7 +579,7 @@ extern "C" cudaError_t k_add_rows(float *dst, const float *src, const int32_t *d
 
 extern "C" cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids, int max_dim)
 {
-    if (!p || max_rows < 0 || max_rows > INT32_MAX || n_ids < 0 || n_ids > ((int64_t)1 << 32) || max_dim < 0)
+    if (!p || max_rows < 0 || max_rows > INT32_MAX || n_ids < 0 || n_ids >= ((int64_t)1 << 32) || max_dim < 0)
         return cudaErrorInvalidValue;
     p->max_rows = max_rows;
     p->n_ids = n_ids;
@@ -625,13 +629,14 @@ static cudaError_t scatter_prepare(scatter_runs *out, const int32_t *ids, int64_
     void *temp = base + L.temp;
 
     scatter_prep_kernel<<<kb::grid_for(scatter_prep_kernel, rows, kb::THREADS), kb::THREADS, 0, s>>>(keys0, vals0, ids,
-                                                                                                     rows);
+                                                                                                     rows, p->n_ids);
     if ((e = cudaGetLastError()) != cudaSuccess)
         return e;
     cub::DoubleBuffer<uint32_t> keys(keys0, keys1);
     cub::DoubleBuffer<int32_t> vals(vals0, vals1);
     size_t temp_bytes = L.temp_bytes;
-    e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, vals, (int)rows, 0, end_bit_for(p->n_ids), s);
+    /* keys are in [0, n_ids]: n_ids is the out-of-range rows' key */
+    e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, vals, (int)rows, 0, end_bit_for(p->n_ids + 1), s);
     if (e != cudaSuccess)
         return e;
     /* The unique ids themselves go to the idle key buffer; only the run starts are used. */

@@ -46,7 +46,7 @@ cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table,
                           int dim, cudaStream_t s);
 
 /* Deterministic scatter-add of row gradients: table_grad[ids[r]] += src[r] for r < rows, rows
- * whose id has freeze_mask[id] != 0 skipped (freeze_mask may be NULL). The rows of one id are
+ * whose id is outside [0, n_ids) or has freeze_mask[id] != 0 skipped (freeze_mask may be NULL). The rows of one id are
  * added in increasing r; an id with more than 512 rows is summed in chunks of 512 consecutive
  * rows whose sums are then added in chunk order. The order depends only on the ids, so the result
  * is bit-identical run to run. Needs a plan built once for the largest `rows` and row width
@@ -54,7 +54,7 @@ cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table,
  * owned by the caller. */
 typedef struct {
     int64_t max_rows;
-    int64_t n_ids;         /* ids are in [0, n_ids) */
+    int64_t n_ids;         /* valid ids are in [0, n_ids), n_ids < 2^32 */
     int max_dim;           /* widest row */
     size_t scratch_bytes;  /* device bytes the caller must provide */
 } k_scatter_plan;

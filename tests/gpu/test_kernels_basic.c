@@ -297,6 +297,49 @@ TEST(kb_scatter_add_rows)
     scatter_case(c++, 100000, 16, 1000, 10, 1, 0); /* 100k rows over 10 ids */
     scatter_case(c++, 100000, 192, 50, 10, 0, 0);  /* heavy duplicates, wide rows */
     scatter_case(c++, 5000, 1024, 20, 3, 1, 0);
+    /* ids outside [0, n_ids) are skipped, also where their low bits alias a valid id (n_ids 64:
+     * 67 and -1 share the sort's 6 bits with 3 and 63); without the remapping of the sort keys
+     * they split the valid id's run and two groups update its row */
+    {
+        const int64_t rows = 5000;
+        const int dim = 16, n_ids = 64;
+        gp_rng r = test_rng(3, 1000);
+        float *src = host_f32(rows * dim), *want = host_f32((int64_t)n_ids * dim);
+        fill_uniform(src, rows * dim, 1.0f, &r);
+        int32_t *ids = malloc((size_t)rows * 4);
+        for (int64_t i = 0; i < rows; i++) {
+            const uint32_t u = gp_rng_below(&r, 8);
+            ids[i] = u == 0 ? 67 : u == 1 ? -1 : u == 2 ? 63 : 3;
+        }
+        double acc[2][16] = {{0}};
+        for (int64_t i = 0; i < rows; i++)
+            if (ids[i] == 3 || ids[i] == 63)
+                for (int j = 0; j < dim; j++)
+                    acc[ids[i] == 63][j] += src[i * dim + j];
+        memset(want, 0, (size_t)n_ids * dim * 4);
+        for (int j = 0; j < dim; j++) {
+            want[3 * dim + j] = (float)acc[0][j];
+            want[63 * dim + j] = (float)acc[1][j];
+        }
+        k_scatter_plan pl;
+        CUDA_REQUIRE(k_scatter_plan_init(&pl, rows, n_ids, dim));
+        void *scr = gpu_alloc(pl.scratch_bytes);
+        float *d_src = gpu_upload(src, (size_t)(rows * dim) * 4), *d_tab = gpu_alloc((size_t)n_ids * dim * 4);
+        int32_t *d_ids = gpu_upload(ids, (size_t)rows * 4);
+        REQUIRE(scr && d_src && d_tab && d_ids);
+        cudaMemset(d_tab, 0, (size_t)n_ids * dim * 4);
+        KERNEL_REQUIRE(k_scatter_add_rows(d_tab, d_src, d_ids, rows, dim, NULL, &pl, scr, 0));
+        float *got = download_f32(d_tab, (int64_t)n_ids * dim);
+        CHECK_REL(got, want, (int64_t)n_ids * dim, TOL_F32, "scatter_add_rows with aliasing out-of-range ids");
+        free(got);
+        cudaFree(d_ids);
+        cudaFree(d_tab);
+        cudaFree(d_src);
+        cudaFree(scr);
+        free(ids);
+        free(want);
+        free(src);
+    }
     /* plan sizes: a zero-row call does nothing, more rows than planned is refused */
     k_scatter_plan plan;
     CUDA_REQUIRE(k_scatter_plan_init(&plan, 10, 10, 8));
@@ -324,10 +367,12 @@ static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, 
     for (int64_t i = 0; i < rows; i++)
         ids[i] = (int32_t)gp_rng_below(&r, (uint32_t)(hot > 0 ? hot : n_ids));
     if (rows > 1)
-        ids[1] = n_ids + 3;
+        ids[1] = n_ids + 3; /* at n_ids 64 this aliases id 3 in the sort's 6 bits */
+    if (rows > 2)
+        ids[2] = -1;
     double *sum = calloc((size_t)n_ids * dim, sizeof(double));
     for (int64_t k = 0; k < rows; k++)
-        if (ids[k] < n_ids)
+        if (ids[k] >= 0 && ids[k] < n_ids)
             for (int j = 0; j < dim; j++)
                 sum[(int64_t)ids[k] * dim + j] += src[k * dim + j];
     float *want = host_f32((int64_t)n_ids * dim);
@@ -384,7 +429,7 @@ static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, 
     /* ids without rows keep their exact gradient */
     uint8_t *touched = calloc((size_t)n_ids, 1);
     for (int64_t k = 0; k < rows; k++)
-        if (ids[k] < n_ids)
+        if (ids[k] >= 0 && ids[k] < n_ids)
             touched[ids[k]] = 1;
     int64_t moved = 0;
     for (int i = 0; i < n_ids; i++)
@@ -420,6 +465,7 @@ TEST(kb_scatter_add_rows_l2bwd)
         scatter_l2_case(c++, 20000, dims[di], 40, 5); /* runs of ~4000 rows: chunked */
     }
     scatter_l2_case(c++, 2097152 / 8, 64, 100000, 0); /* an eighth of L4H64A4's negatives */
+    scatter_l2_case(c++, 3001, 64, 64, 0);            /* n_ids a power of two: -1 and 67 alias */
     CHECK(!k_scatter_add_rows_l2bwd_supported(6) && !k_scatter_add_rows_l2bwd_supported(1028) &&
               k_scatter_add_rows_l2bwd_supported(1024),
           "supported widths");
