@@ -295,6 +295,22 @@ static void rope_case(int hd, int causal, int n_heads)
     CHECK_REL(qb, qa, n_out, 1e-2, what);
     snprintf(what, sizeof what, "rope attention dk (head_dim %d, causal %d)", hd, causal);
     CHECK_REL(kb2, ka, n_out, 1e-2, what);
+    /* element by element too: each rotated pair within a few bf16 steps of the pair's magnitude
+     * (the separate passes round twice), so an error in a few rows cannot hide in the norm */
+    int64_t bad = 0, first = -1;
+    for (int64_t r = 0; r < rows; r++)
+        for (int col = 0; col < 2 * D; col += 2) {
+            const int64_t i = r * 3 * D + col;
+            const double m = fmax(fmax(fabs(fa[i]), fabs(fa[i + 1])), fmax(fabs(fb[i]), fabs(fb[i + 1])));
+            if (fabs(fa[i] - fb[i]) > m / 32 || fabs(fa[i + 1] - fb[i + 1]) > m / 32) {
+                if (first < 0)
+                    first = i;
+                bad++;
+            }
+        }
+    CHECK(bad == 0, "rope attention dq/dk: %lld pairs differ by more than 1/32 of their magnitude (first at element %lld: "
+                    "%g vs %g), head_dim %d, causal %d",
+          (long long)bad, (long long)first, first >= 0 ? fb[first] : 0.0, first >= 0 ? fa[first] : 0.0, hd, causal);
     CHECK(k_attention_rope_fwd(d_out_b, d_lse_b, d_qkv, d_cs, d_off, d_len, RES_NSEQ, 1024, n_heads, hd, causal, 0) ==
               cudaErrorInvalidValue,
           "rope attention must refuse the tiled shapes");
