@@ -9,6 +9,7 @@
 # memcheck on a subset of the GPU tests; racecheck group by group, SESSION_RACECHECK_S in all and
 # SESSION_RACECHECK_GROUP_S a group), SESSION_PROFILE="L4H64A4 pretrain;L4H64A4 finetune"
 # (benchmarks/profile_step.sh: the kernel-by-kernel time of those steps under ncu), SESSION_SKIP_BENCH=1,
+# SESSION_GATE=1 (stop after the GPU tests when they fail: no device time spent timing broken code),
 # BENCH_SKIP (run_bench.sh)
 set -u
 out_root=${OUT:-device_out}
@@ -34,9 +35,16 @@ cat build/cuda.mk >> "$out/machine.txt"
 say "built"
 if [ "${SESSION_SKIP_TESTS:-0}" != 1 ]; then
   timeout ${SESSION_TEST_S:-180} ./build/test_gpu > "$out/test_gpu.log" 2>&1
-  say "test_gpu exit $?"
+  test_rc=$?
+  say "test_gpu exit $test_rc"
   grep -E "FAIL|probe:|skipped|passed" "$out/test_gpu.log" | tail -40 | tee -a "$out/session.log"
   pack
+  if [ "${SESSION_GATE:-0}" = 1 ] && [ $test_rc != 0 ]; then
+    say "SESSION_GATE: the GPU tests failed, nothing else run"
+    cp "$out/session.log" "$out_root/summary.txt"
+    pack
+    exit 2
+  fi
 fi
 if [ "${SESSION_SANITIZE:-0}" = 1 ]; then
   # memcheck over the cuDNN paths, the own attention and loss, the new row kernels, recompute and graph replay
