@@ -18,12 +18,20 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
+#include "attention_common.cuh"
 #include "attention_internal.h"
 #include "kernels.h"
+#include "mma_sm80.cuh"
 
 namespace {
+
+using attn::dot_bf16;
+using attn::store_rows;
+using mma80::mma_bf16;
+using mma80::pack_bf16x2;
+using mma80::quad_max;
+using mma80::quad_sum;
 
 constexpr int ATT_WARPS = 4;
 constexpr int ATT_THREADS = ATT_WARPS * 32;
@@ -72,23 +80,6 @@ struct AttnShape {
     static constexpr int DQ_BLOCKS = HD <= 16 ? 4 : 3;
     static constexpr int DKDV_BLOCKS = HD <= 16 ? 4 : 2;
 };
-
-/* D = A * B + D, A 16x16 (row), B 16x8 (col), bf16 in, fp32 accumulate. */
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    return u;
-}
 
 __device__ __forceinline__ uint32_t ld_u32(const uint16_t *p)
 {
@@ -148,56 +139,6 @@ __device__ __forceinline__ void stage_tile(uint16_t *rm, uint16_t *tr, const uin
                 col[(2 * e + 1) * AttnShape<HD>::TSTR] = (uint16_t)(w[e] >> 16);
             }
         }
-    }
-}
-
-__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xFFFF0000u); }
-
-/* <a, b> over HD bf16 values, fp32, in a fixed order. */
-template <int HD>
-__device__ __forceinline__ float dot_bf16(const uint16_t *__restrict__ a, const uint16_t *__restrict__ b)
-{
-    float s = 0.f;
-#pragma unroll
-    for (int c = 0; c < HD / 8; c++) {
-        const uint4 x = *reinterpret_cast<const uint4 *>(a + c * 8);
-        const uint4 y = *reinterpret_cast<const uint4 *>(b + c * 8);
-        const uint32_t xw[4] = {x.x, x.y, x.z, x.w}, yw[4] = {y.x, y.y, y.z, y.w};
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            s = fmaf(bf16_lo(xw[e]), bf16_lo(yw[e]), s);
-            s = fmaf(bf16_hi(xw[e]), bf16_hi(yw[e]), s);
-        }
-    }
-    return s;
-}
-
-__device__ __forceinline__ float quad_max(float v)
-{
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float v)
-{
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-/* Store the 16 x HD accumulator block of a warp (scaled by mul) as bf16 into rows row_lo and
- * row_hi (NULL: outside the sequence, skipped); columns ob * 8 + 2 tig + {0, 1}. */
-template <int HD>
-__device__ __forceinline__ void store_rows(uint16_t *row_lo, uint16_t *row_hi, const float (&acc)[HD / 8][4],
-                                           float mul_lo, float mul_hi, int tig)
-{
-#pragma unroll
-    for (int ob = 0; ob < HD / 8; ob++) {
-        const int c = ob * 8 + 2 * tig;
-        if (row_lo)
-            *reinterpret_cast<uint32_t *>(row_lo + c) = pack_bf16x2(acc[ob][0] * mul_lo, acc[ob][1] * mul_lo);
-        if (row_hi)
-            *reinterpret_cast<uint32_t *>(row_hi + c) = pack_bf16x2(acc[ob][2] * mul_hi, acc[ob][3] * mul_hi);
     }
 }
 

@@ -28,6 +28,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "attention_common.cuh"
 #include "attention_internal.h"
 #include "kernels.h"
 #include "mma_sm80.cuh"
@@ -35,6 +36,10 @@
 
 namespace {
 
+using attn::bf16_hi;
+using attn::bf16_lo;
+using attn::dot_bf16;
+using attn::store_rows;
 using mma80::cp_async16;
 using mma80::cp_async_commit;
 using mma80::cp_async_wait_all;
@@ -66,8 +71,8 @@ struct ResShape {
      * for HD 16, 32, 64, so the 8 row addresses of an ldmatrix phase hit distinct banks. */
     static constexpr int STR = HD + 8;
     /* Register budgets, as CTAs per SM (ptxas, sm_90, CUDA 13.0, no spills): forward 64 / 102 /
-     * 122 registers at head_dim 16 / 32 / 64, backward 101 / 116 / 174; with the rope folded in
-     * the same forward, backward 113 / 128 / 185. */
+     * 122 registers at head_dim 16 / 32 / 64 (72 / 100 / 120 with the rope folded in), backward
+     * 114 / 128 / 186 either way. */
     static constexpr int FWD_BLOCKS = HD <= 16 ? 6 : HD == 32 ? 4 : 3;
     static constexpr int BWD_BLOCKS = HD <= 32 ? 4 : 2;
 };
@@ -117,8 +122,7 @@ __device__ __forceinline__ void stage_rows_rope(uint16_t *dst, const uint16_t *_
             uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                const float2 o = rope::rotate(__uint_as_float(w[k] << 16), __uint_as_float(w[k] & 0xFFFF0000u),
-                                              __ldg(cs + j * (HD / 2) + c * 4 + k));
+                const float2 o = rope::rotate(bf16_lo(w[k]), bf16_hi(w[k]), __ldg(cs + j * (HD / 2) + c * 4 + k));
                 w[k] = pack_bf16x2(o.x, o.y);
             }
             v = make_uint4(w[0], w[1], w[2], w[3]);
@@ -192,22 +196,6 @@ __device__ __forceinline__ void zero(float (&x)[N][4])
         x[i][0] = x[i][1] = x[i][2] = x[i][3] = 0.f;
 }
 
-/* Store a warp's 16 x HD accumulator block, times mul, as bf16 into rows lo / hi (NULL: past the
- * sequence end, skipped). */
-template <int HD>
-__device__ __forceinline__ void store_block(uint16_t *lo, uint16_t *hi, const float (&acc)[ResShape<HD>::DBLK][4],
-                                            float mul_lo, float mul_hi, int tig)
-{
-#pragma unroll
-    for (int ob = 0; ob < ResShape<HD>::DBLK; ob++) {
-        const int c = ob * 8 + 2 * tig;
-        if (lo)
-            *reinterpret_cast<uint32_t *>(lo + c) = pack_bf16x2(acc[ob][0] * mul_lo, acc[ob][1] * mul_lo);
-        if (hi)
-            *reinterpret_cast<uint32_t *>(hi + c) = pack_bf16x2(acc[ob][2] * mul_hi, acc[ob][3] * mul_hi);
-    }
-}
-
 /* The same for gradients with respect to rotated q or k: each pair turned back by the inverse
  * rotation of its row's position (cs_lo / cs_hi: the rows' (cos, sin), read only for rows that
  * are stored), then rounded once. */
@@ -240,6 +228,55 @@ __device__ __forceinline__ int next_item(int *counter, int lane)
     return __shfl_sync(0xffffffffu, it, 0);
 }
 
+/* The (sequence, head) a CTA owns and its row geometry. */
+struct ResHead {
+    int seq, h;
+    int L;          /* the sequence's rows */
+    int lp, nblk;   /* rows rounded up to 16-row blocks, and their count */
+    int cap;        /* rows of each resident copy (max_len rounded up to 16) */
+    int D;          /* n_heads * head_dim */
+    int64_t row0;   /* the sequence's first packed row */
+    int64_t ld;     /* row stride of qkv */
+};
+
+/* The CTA's ResHead; false for an empty sequence (the whole CTA returns). Shared memory, and the
+ * caller the rope table, are sized by max_len: a longer sequence breaks the contract and traps. */
+template <int HD>
+__device__ __forceinline__ bool res_head(ResHead &r, const int32_t *__restrict__ seq_off,
+                                         const int32_t *__restrict__ seq_len, int n_heads, int max_len)
+{
+    r.seq = (int)(blockIdx.x / (unsigned)n_heads);
+    r.h = (int)(blockIdx.x - (unsigned)r.seq * n_heads);
+    r.L = seq_len[r.seq];
+    if (r.L <= 0)
+        return false;
+    if (r.L > max_len)
+        __trap();
+    r.cap = res_rows(max_len);
+    r.lp = res_rows(r.L);
+    r.nblk = r.lp / 16;
+    r.row0 = seq_off[r.seq];
+    r.D = n_heads * HD;
+    r.ld = 3 * (int64_t)r.D;
+    return true;
+}
+
+/* The resident q and k: with cp.async as one committed group, or, with the rope folded in,
+ * rotated through registers. Called after the CTA's other copies are committed. */
+template <int HD, bool ROPE>
+__device__ __forceinline__ void stage_qk(uint16_t *qs, uint16_t *ks, const uint16_t *__restrict__ q_base,
+                                         const ResHead &r, const float2 *__restrict__ rope_cs)
+{
+    if (ROPE) {
+        stage_rows_rope<HD>(qs, q_base, r.ld, r.L, r.lp, rope_cs);
+        stage_rows_rope<HD>(ks, q_base + r.D, r.ld, r.L, r.lp, rope_cs);
+    } else {
+        stage_rows<HD>(qs, q_base, r.ld, r.L, r.lp);
+        stage_rows<HD>(ks, q_base + r.D, r.ld, r.L, r.lp);
+        cp_async_commit();
+    }
+}
+
 /* ---- forward ---------------------------------------------------------------------------- */
 /* grid: n_seq * n_heads CTAs, (sequence, head) = (blockIdx.x / n_heads, blockIdx.x % n_heads).
  * Work items: the query blocks, the last (the most keys, when causal) first. */
@@ -252,31 +289,16 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::FWD_BLOCKS)
     using S = ResShape<HD>;
     extern __shared__ __align__(16) uint16_t res_smem[];
     __shared__ int counter;
-    const int seq = (int)(blockIdx.x / (unsigned)n_heads), h = (int)(blockIdx.x - (unsigned)seq * n_heads);
-    const int L = seq_len[seq];
-    if (L <= 0)
+    ResHead r;
+    if (!res_head<HD>(r, seq_off, seq_len, n_heads, max_len))
         return;
-    /* the launcher sized shared memory, and the caller the rope table, by max_len: a longer
-     * sequence breaks the contract */
-    if (L > max_len)
-        __trap();
-    const int cap = res_rows(max_len);
-    const int lp = res_rows(L), nblk = lp / 16;
-    const int64_t row0 = seq_off[seq];
-    const int D = n_heads * HD;
-    const int64_t ld = 3 * (int64_t)D;
-    const uint16_t *q_base = qkv + row0 * ld + (int64_t)h * HD;
-    uint16_t *qs = res_smem, *ks = qs + cap * S::STR, *vs = ks + cap * S::STR;
-    stage_rows<HD>(vs, q_base + 2 * D, ld, L, lp);
+    const int L = r.L, lp = r.lp, nblk = r.nblk, D = r.D, h = r.h;
+    const int64_t row0 = r.row0;
+    const uint16_t *q_base = qkv + row0 * r.ld + (int64_t)h * HD;
+    uint16_t *qs = res_smem, *ks = qs + r.cap * S::STR, *vs = ks + r.cap * S::STR;
+    stage_rows<HD>(vs, q_base + 2 * D, r.ld, L, lp);
     cp_async_commit();
-    if (ROPE) {
-        stage_rows_rope<HD>(qs, q_base, ld, L, lp, rope_cs);
-        stage_rows_rope<HD>(ks, q_base + D, ld, L, lp, rope_cs);
-    } else {
-        stage_rows<HD>(qs, q_base, ld, L, lp);
-        stage_rows<HD>(ks, q_base + D, ld, L, lp);
-        cp_async_commit();
-    }
+    stage_qk<HD, ROPE>(qs, ks, q_base, r, rope_cs);
     if (threadIdx.x == 0)
         counter = 0;
     cp_async_wait_all();
@@ -351,7 +373,7 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::FWD_BLOCKS)
         l_lo = quad_sum(l_lo);
         l_hi = quad_sum(l_hi);
         const int64_t D64 = D;
-        store_block<HD>(t_lo < L ? out + (row0 + t_lo) * D64 + (int64_t)h * HD : nullptr,
+        store_rows<HD>(t_lo < L ? out + (row0 + t_lo) * D64 + (int64_t)h * HD : nullptr,
                         t_hi < L ? out + (row0 + t_hi) * D64 + (int64_t)h * HD : nullptr, o, 1.f / l_lo, 1.f / l_hi,
                         tig);
         if (tig == 0) {
@@ -380,17 +402,11 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
     using S = ResShape<HD>;
     extern __shared__ __align__(16) uint16_t res_smem[];
     __shared__ int counter;
-    const int seq = (int)(blockIdx.x / (unsigned)n_heads), h = (int)(blockIdx.x - (unsigned)seq * n_heads);
-    const int L = seq_len[seq];
-    if (L <= 0)
+    ResHead r;
+    if (!res_head<HD>(r, seq_off, seq_len, n_heads, max_len))
         return;
-    if (L > max_len)
-        __trap();
-    const int cap = res_rows(max_len);
-    const int lp = res_rows(L), nblk = lp / 16;
-    const int64_t row0 = seq_off[seq];
-    const int D = n_heads * HD;
-    const int64_t ld = 3 * (int64_t)D;
+    const int L = r.L, lp = r.lp, nblk = r.nblk, D = r.D, h = r.h, cap = r.cap;
+    const int64_t row0 = r.row0, ld = r.ld;
     const uint16_t *q_base = qkv + row0 * ld + (int64_t)h * HD;
     const uint16_t *do_base = d_out + row0 * D + (int64_t)h * HD;
     const uint16_t *o_base = out + row0 * D + (int64_t)h * HD;
@@ -400,32 +416,14 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
     float *dds = lse2s + cap;                                       /* D = <dO, O> */
     stage_rows<HD>(vs, q_base + 2 * D, ld, L, lp);
     stage_rows<HD>(dos, do_base, D, L, lp);
-    if (!ROPE) {
-        stage_rows<HD>(qs, q_base, ld, L, lp);
-        stage_rows<HD>(ks, q_base + D, ld, L, lp);
-    }
     cp_async_commit();
-    if (ROPE) {
-        stage_rows_rope<HD>(qs, q_base, ld, L, lp, rope_cs);
-        stage_rows_rope<HD>(ks, q_base + D, ld, L, lp, rope_cs);
-    }
+    stage_qk<HD, ROPE>(qs, ks, q_base, r, rope_cs);
     /* while the copies fly: the per-row statistics, 0 past the end (those rows are masked) */
     for (int t = threadIdx.x; t < lp; t += RES_THREADS) {
         float dd = 0.f, l2 = 0.f;
         if (t < L) {
             l2 = lse[(row0 + t) * n_heads + h] * RES_LOG2E;
-            const uint4 *a = reinterpret_cast<const uint4 *>(do_base + (int64_t)t * D);
-            const uint4 *b = reinterpret_cast<const uint4 *>(o_base + (int64_t)t * D);
-#pragma unroll
-            for (int c = 0; c < S::CH; c++) {
-                const uint4 x = a[c], y = b[c];
-                const uint32_t xw[4] = {x.x, x.y, x.z, x.w}, yw[4] = {y.x, y.y, y.z, y.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    dd = fmaf(__uint_as_float(xw[e] << 16), __uint_as_float(yw[e] << 16), dd);
-                    dd = fmaf(__uint_as_float(xw[e] & 0xFFFF0000u), __uint_as_float(yw[e] & 0xFFFF0000u), dd);
-                }
-            }
+            dd = dot_bf16<HD>(do_base + (int64_t)t * D, o_base + (int64_t)t * D);
         }
         lse2s[t] = l2;
         dds[t] = dd;
@@ -477,8 +475,8 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
                 store_block_unrope<HD>(lo ? lo + D : nullptr, hi ? hi + D : nullptr, dk, scale,
                                        rope_cs + j_lo * (HD / 2), rope_cs + j_hi * (HD / 2), tig);
             else
-                store_block<HD>(lo ? lo + D : nullptr, hi ? hi + D : nullptr, dk, scale, scale, tig);
-            store_block<HD>(lo ? lo + 2 * D : nullptr, hi ? hi + 2 * D : nullptr, dv, 1.f, 1.f, tig);
+                store_rows<HD>(lo ? lo + D : nullptr, hi ? hi + D : nullptr, dk, scale, scale, tig);
+            store_rows<HD>(lo ? lo + 2 * D : nullptr, hi ? hi + 2 * D : nullptr, dv, 1.f, 1.f, tig);
         } else {
             /* query owner: rows r0 .. r0 + 15, S = Q K^T and dP = dO V^T over key chunks */
             const int r0 = (causal ? 2 * nblk - 1 - it : it - nblk) * 16;
@@ -518,7 +516,7 @@ __global__ void __launch_bounds__(RES_THREADS, ResShape<HD>::BWD_BLOCKS)
             if (ROPE)
                 store_block_unrope<HD>(lo, hi, dq, scale, rope_cs + t_lo * (HD / 2), rope_cs + t_hi * (HD / 2), tig);
             else
-                store_block<HD>(lo, hi, dq, scale, scale, tig);
+                store_rows<HD>(lo, hi, dq, scale, scale, tig);
         }
     }
 }

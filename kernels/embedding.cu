@@ -363,11 +363,12 @@ __device__ __forceinline__ void l2_bwd_add_row(float *table_grad, const float *t
     const float nr = sqrtf(ss), den = nr > eps ? nr : eps; /* as k_l2norm_fwd */
     float sdot = 0.f;
 #pragma unroll
-    for (int k = 0; k < UPL; k++) {
-        sdot = fmaf(x[k].x / den, g[k].x, sdot);
-        sdot = fmaf(x[k].y / den, g[k].y, sdot);
-        sdot = fmaf(x[k].z / den, g[k].z, sdot);
-        sdot = fmaf(x[k].w / den, g[k].w, sdot);
+    for (int k = 0; k < UPL; k++) { /* x becomes the forward's output, x / den */
+        x[k] = make_float4(x[k].x / den, x[k].y / den, x[k].z / den, x[k].w / den);
+        sdot = fmaf(x[k].x, g[k].x, sdot);
+        sdot = fmaf(x[k].y, g[k].y, sdot);
+        sdot = fmaf(x[k].z, g[k].z, sdot);
+        sdot = fmaf(x[k].w, g[k].w, sdot);
     }
     sdot = kb::group_sum_warp<G>(sdot);
     if (!ok)
@@ -380,10 +381,10 @@ __device__ __forceinline__ void l2_bwd_add_row(float *table_grad, const float *t
             continue;
         float4 *d = reinterpret_cast<float4 *>(table_grad + (int64_t)id * dim) + u;
         float4 o = *d;
-        o.x += big ? (g[k].x - x[k].x / den * sdot) / nr : g[k].x / eps;
-        o.y += big ? (g[k].y - x[k].y / den * sdot) / nr : g[k].y / eps;
-        o.z += big ? (g[k].z - x[k].z / den * sdot) / nr : g[k].z / eps;
-        o.w += big ? (g[k].w - x[k].w / den * sdot) / nr : g[k].w / eps;
+        o.x += big ? (g[k].x - x[k].x * sdot) / nr : g[k].x / eps;
+        o.y += big ? (g[k].y - x[k].y * sdot) / nr : g[k].y / eps;
+        o.z += big ? (g[k].z - x[k].z * sdot) / nr : g[k].z / eps;
+        o.w += big ? (g[k].w - x[k].w * sdot) / nr : g[k].w / eps;
         *d = o;
     }
 }
