@@ -1,6 +1,7 @@
 /* bench_step: time whole training steps (forward + backward + AdamW) of one configuration on
- * synthetic full-length batches, and report ms/step, samples/s, tokens/s, peak device memory and
- * model FLOP utilisation.
+ * synthetic full-length batches, and report ms/step, samples/s, tokens/s, peak device memory (the
+ * drop in free device memory, and what the backend allocated itself: the counterpart of PyTorch's
+ * max_memory_allocated) and model FLOP utilisation.
  *
  * usage: bench_step [--warmup N] [--steps N] [--json FILE] [--label TEXT] [--set key=value]...
  *                   [--items N] [--cates N] [--ceiling-tflops X | --ceiling-reps N]
@@ -190,6 +191,8 @@ int main(int argc, char **argv)
     double med = 0.5 * (times[(steps - 1) / 2] + times[steps / 2]), lo = times[0], hi = times[steps - 1];
     double samples = (double)s.batch_size, tokens = (double)s.batch_size * (s.max_history + 1);
     double peak_gib = free0 ? (double)(free0 - free_min) / (1 << 30) : NAN;
+    /* read after the steps: buffers sized on first use are in it */
+    double alloc_gib = free0 ? (double)be->device_bytes(be) / (1 << 30) : NAN;
     step_flops fl;
     step_flops_count(&mc, s.batch_size, s.max_history, &fl);
     double model_tflops = fl.total / med / 1e12;
@@ -198,10 +201,10 @@ int main(int argc, char **argv)
     if (!isnan(mfu))
         snprintf(mfu_txt, sizeof mfu_txt, "%.1f%% MFU of %.0f", 100 * mfu, ceiling_tflops);
     printf("%-28s %-5s L%dH%dA%d %s batch %lld seq %lld items %lld negs %lld: %.2f ms/step (min %.2f max %.2f), "
-           "%.0f samples/s, %.3g tokens/s, peak %.2f GiB, %.1f model TFLOP/s = %s, loss %.4f\n",
+           "%.0f samples/s, %.3g tokens/s, peak %.2f GiB (allocated %.2f), %.1f model TFLOP/s = %s, loss %.4f\n",
            label, be->name, mc.n_layers, mc.dim, mc.n_heads, settings_stage_name(s.stage), (long long)s.batch_size,
            (long long)s.max_history, (long long)items, (long long)(mc.w_item > 0 ? mc.n_negatives : 0), med * 1e3,
-           lo * 1e3, hi * 1e3, samples / med, tokens / med, peak_gib, model_tflops, mfu_txt, sl.loss);
+           lo * 1e3, hi * 1e3, samples / med, tokens / med, peak_gib, alloc_gib, model_tflops, mfu_txt, sl.loss);
     if (json) {
         FILE *f = fopen(json, "a");
         if (!f) {
@@ -209,15 +212,16 @@ int main(int argc, char **argv)
             goto fail;
         }
         /* NaN is not JSON: absent figures are written as null */
-        char peak_s[32], mfu_s[32], ceil_s[32];
+        char peak_s[32], alloc_s[32], mfu_s[32], ceil_s[32];
         snprintf(peak_s, sizeof peak_s, isnan(peak_gib) ? "null" : "%.4f", peak_gib);
+        snprintf(alloc_s, sizeof alloc_s, isnan(alloc_gib) ? "null" : "%.4f", alloc_gib);
         snprintf(mfu_s, sizeof mfu_s, isnan(mfu) ? "null" : "%.5f", mfu);
         snprintf(ceil_s, sizeof ceil_s, ceiling_tflops > 0 ? "%.2f" : "null", ceiling_tflops);
         fprintf(f,
                 "{\"label\":\"%s\",\"backend\":\"%s\",\"gpu\":\"%s\",\"stage\":\"%s\",\"L\":%d,\"H\":%d,\"A\":%d,"
                 "\"batch\":%lld,\"seq\":%lld,\"items\":%lld,\"cates\":%lld,\"negatives\":%lld,\"freeze_sparse\":%d,"
                 "\"causal\":%d,\"ms_per_step\":%.4f,\"ms_min\":%.4f,\"ms_max\":%.4f,\"samples_per_s\":%.1f,"
-                "\"tokens_per_s\":%.1f,\"peak_gib\":%s,\"steps\":%d,\"warmup\":%d,\"loss\":%.6f,"
+                "\"tokens_per_s\":%.1f,\"peak_gib\":%s,\"allocated_gib\":%s,\"steps\":%d,\"warmup\":%d,\"loss\":%.6f,"
                 "\"timing\":\"host clock per step (forward_backward + optimizer_step, which ends in a device sync), median\","
                 "\"model_flops_per_step\":%.6e,\"flops_blocks\":%.6e,\"flops_projectors\":%.6e,"
                 "\"flops_attention\":%.6e,\"flops_item_head\":%.6e,\"flops_cate_head\":%.6e,\"flops_rank_head\":%.6e,"
@@ -226,7 +230,7 @@ int main(int argc, char **argv)
                 label, be->name, gpu_name, settings_stage_name(s.stage), mc.n_layers, mc.dim, mc.n_heads,
                 (long long)s.batch_size, (long long)s.max_history, (long long)items, (long long)cates,
                 (long long)(mc.w_item > 0 ? mc.n_negatives : 0), s.freeze_sparse, mc.causal, med * 1e3, lo * 1e3,
-                hi * 1e3, samples / med, tokens / med, peak_s, steps, warmup, sl.loss, fl.total, fl.blocks,
+                hi * 1e3, samples / med, tokens / med, peak_s, alloc_s, steps, warmup, sl.loss, fl.total, fl.blocks,
                 fl.projectors, fl.attention, fl.item_head, fl.cate_head, fl.rank_head, model_tflops, ceil_s,
                 ceiling_source, mfu_s, STEP_FLOPS_CONVENTION);
         fclose(f);

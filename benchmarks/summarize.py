@@ -169,8 +169,11 @@ def step_table(steps, torch_rows):
                 shape += ", item table frozen"
             mfu = s.get("mfu")
             mfu_txt = f"{100 * mfu:.1f}%" if mfu is not None else "—"
+            peak = fnum(s.get("peak_gib"), "{:.2f}")
+            if s.get("allocated_gib") is not None:
+                peak += f" ({s['allocated_gib']:.2f})"
             cells = [f"{label} ({shape})", f"{s['ms_per_step']:.2f}", f"{s['samples_per_s']:.0f}",
-                     f"{s['tokens_per_s'] / 1e6:.2f}M", fnum(s.get("peak_gib"), "{:.2f}"), mfu_txt]
+                     f"{s['tokens_per_s'] / 1e6:.2f}M", peak, mfu_txt]
         else:
             cells = [label, "—", "—", "—", "—", "—"]
         cells += [torch_cell(modes.get(m)) for m in MODES]
@@ -192,7 +195,10 @@ def step_notes(steps, torch_rows):
     s0 = steps[0] if steps else None
     if s0:
         notes.append(f"- gpsdrec: build/bench_step, {s0.get('warmup')} warm-up then the median of {s0.get('steps')} "
-                     f"steps, {s0.get('timing', 'host clock')}; peak = drop in free device memory. MFU = model FLOPs / "
+                     f"steps, {s0.get('timing', 'host clock')}; peak = drop in free device memory over the steps, which "
+                     f"counts the CUDA context's growth and the libraries' loaded kernels too (in brackets, where "
+                     f"recorded: what gpsdrec allocated itself, the counterpart of PyTorch's figure; the memory ratio "
+                     f"uses the drop, the larger). MFU = model FLOPs / "
                      f"time / the bf16 GEMM ceiling ({s0.get('ceiling_source', '?')}: "
                      f"{fnum(s0.get('ceiling_tflops'), '{:.0f}')} TFLOP/s). FLOPs: {s0.get('flops_convention', '?')}.")
     t0 = next((r for r in torch_rows if "ms_per_step" in r), None)

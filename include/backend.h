@@ -83,6 +83,11 @@ struct backend {
     int (*get_optim_state)(backend *b, float *m_sparse, float *v_sparse, float *m_dense, float *v_dense, gp_err *e);
     int (*set_optim_state)(backend *b, const float *m_sparse, const float *v_sparse, const float *m_dense,
                            const float *v_dense, gp_err *e);
+    /* Bytes of device memory the backend allocated itself: arenas, workspaces, the cuDNN plans'
+     * buffers (0 on the CPU backend). The counterpart of torch.cuda.max_memory_allocated, which
+     * also leaves out the CUDA context and the libraries' loaded kernels; a drop in free device
+     * memory counts those too. */
+    size_t (*device_bytes)(backend *b);
     void (*destroy)(backend *b);
 };
 

@@ -49,6 +49,8 @@ TEST(bench_summary_step_table)
     CHECK(strstr(row, "| 14.23 |") && strstr(row, "2.43x (compile)") && strstr(row, "| 0.71 |"), "%s", row);
     CHECK(strstr(row, "6x faster; memory <= 1/3") && strstr(row, "missed (2.43x, memory 0.71)"), "%s", row);
     CHECK(strstr(row, "24.5 ms: 1.72x"), "official figure: %s", row);
+    /* the allocated figure is shown beside the drop in free memory; the ratio stays on the drop */
+    CHECK(strstr(row, "| 5.62 (4.87) |"), "allocated figure: %s", row);
     /* the item table is frozen in this configuration */
     REQUIRE(row_of(out, "L4H64A4 finetune", row, sizeof row), "no L4H64A4 finetune row");
     CHECK(strstr(row, "item table frozen") && strstr(row, "2.21x (compile)") && strstr(row, "missed (2.21x, memory 0.78)"),

@@ -235,6 +235,12 @@ static int cpu_set_optim_state(backend *b, const float *m_sparse, const float *v
     return 0;
 }
 
+static size_t cpu_device_bytes(backend *b)
+{
+    (void)b;
+    return 0;
+}
+
 static void cpu_destroy(backend *b)
 {
     if (!b)
@@ -295,6 +301,7 @@ backend *backend_cpu_create(const model_layout *layout, const backend_opts *opts
     b->zero_grads = cpu_zero_grads;
     b->get_optim_state = cpu_get_optim_state;
     b->set_optim_state = cpu_set_optim_state;
+    b->device_bytes = cpu_device_bytes;
     b->destroy = cpu_destroy;
     return b;
 }

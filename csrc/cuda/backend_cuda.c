@@ -74,6 +74,8 @@ static int cuda_set_optim_state(backend *b, const float *m_sparse, const float *
     return cuda_model_set_optim_state(impl_of(b), m_sparse, v_sparse, m_dense, v_dense, e);
 }
 
+static size_t cuda_device_bytes(backend *b) { return cuda_model_device_bytes(impl_of(b)); }
+
 static void cuda_destroy(backend *b)
 {
     if (!b)
@@ -103,6 +105,7 @@ backend *backend_cuda_create(const model_layout *layout, const backend_opts *opt
     b->zero_grads = cuda_zero_grads;
     b->get_optim_state = cuda_get_optim_state;
     b->set_optim_state = cuda_set_optim_state;
+    b->device_bytes = cuda_device_bytes;
     b->destroy = cuda_destroy;
     return b;
 }
