@@ -117,11 +117,28 @@ static void *carve(char *base, size_t *cursor, size_t bytes)
 #define B16(n) ((size_t)(n) * sizeof(gp_bf16))
 #define I32(n) ((size_t)(n) * sizeof(int32_t))
 
+/* Whether the item or category head runs (item_cate_heads returns at once otherwise): fixed at
+ * creation by the loss weights, as finetuning (rank head only) has them both at 0. */
+static int seq_heads_on(const cuda_model *m) { return m->c.w_item > 0 || m->c.w_cate > 0; }
+
+/* The rows after the T real ones in d_hp and d_hf where the heads' padded slots add their zeros. */
+static size_t head_scratch_rows(const cuda_model *m) { return seq_heads_on(m) ? (size_t)m->B * m->S : 0; }
+
 /* Columns of the logits buffer: the category head's (padded) classes, and the item head's
- * negatives where it goes through the GEMM path. */
+ * negatives where it goes through the GEMM path; 0 when neither head uses it. */
 static size_t logits_width(const cuda_model *m)
 {
-    return (size_t)(m->item_fused ? m->Cpad : GP_MAX(m->N, m->Cpad));
+    size_t w = m->c.w_cate > 0 ? (size_t)m->Cpad : 0;
+    if (m->N > 0 && !m->item_fused)
+        w = GP_MAX(w, (size_t)m->N);
+    return w;
+}
+
+/* A buffer only the item and category heads use: none when they are off (a NULL pointer, so a
+ * stray use faults instead of aliasing the next buffer). */
+static void *carve_if(int on, char *base, size_t *cursor, size_t bytes)
+{
+    return on && bytes ? carve(base, cursor, bytes) : NULL;
 }
 
 static size_t plan_activations(cuda_model *m, char *base)
@@ -166,27 +183,31 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->post_rstd = carve(base, &c, F32(T));
     m->hp16 = carve(base, &c, B16(T * E));
     m->hp = carve(base, &c, F32(T * E));
-    /* heads on the padded [B][S] grid */
-    m->Hg = carve(base, &c, F32(BS * E));
-    m->Hn = carve(base, &c, F32(BS * E));
-    m->Hnorm = carve(base, &c, F32(BS));
-    m->Hn16 = carve(base, &c, B16(BS * E));
-    m->Le = carve(base, &c, F32(BS * E));
-    m->Ln = carve(base, &c, F32(BS * E));
-    m->Lnorm = carve(base, &c, F32(BS));
-    m->pos_logit = carve(base, &c, F32(BS));
-    m->d_pos = carve(base, &c, F32(BS));
+    /* heads on the padded [B][S] grid. Finetuning runs neither the item nor the category head:
+     * at L4H64A4's batch 2048 their buffers would be 1.4 GiB. Hg, Hn and Hnorm keep B rows for
+     * the ranking queries of rank_targets. */
+    const int heads = seq_heads_on(m);
+    const size_t HR = heads ? BS : B;
+    m->Hg = carve(base, &c, F32(HR * E));
+    m->Hn = carve(base, &c, F32(HR * E));
+    m->Hnorm = carve(base, &c, F32(HR));
+    m->Hn16 = carve_if(heads, base, &c, B16(BS * E));
+    m->Le = carve_if(heads, base, &c, F32(BS * E));
+    m->Ln = carve_if(heads, base, &c, F32(BS * E));
+    m->Lnorm = carve_if(heads, base, &c, F32(BS));
+    m->pos_logit = carve_if(heads, base, &c, F32(BS));
+    m->d_pos = carve_if(heads, base, &c, F32(BS));
     m->Nnorm = carve(base, &c, F32(BN));
     m->Nn16 = carve(base, &c, B16(BN * E));
     const size_t width = logits_width(m);
-    m->logits = carve(base, &c, F32((size_t)m->chunk * S * width));
-    m->dlog16 = carve(base, &c, B16((size_t)m->chunk * S * width));
-    m->row_loss = carve(base, &c, F32(BS));
-    m->row_loss_c = carve(base, &c, F32(BS));
-    m->d_Hn = carve(base, &c, F32(BS * E));
-    m->d_H = carve(base, &c, F32(BS * E));
-    m->d_Ln = carve(base, &c, F32(BS * E));
-    m->d_Le = carve(base, &c, F32(BS * E));
+    m->logits = carve_if(heads, base, &c, F32((size_t)m->chunk * S * width));
+    m->dlog16 = carve_if(heads, base, &c, B16((size_t)m->chunk * S * width));
+    m->row_loss = carve_if(heads, base, &c, F32(BS));
+    m->row_loss_c = carve_if(heads, base, &c, F32(BS));
+    m->d_Hn = carve_if(heads, base, &c, F32(BS * E));
+    m->d_H = carve_if(heads, base, &c, F32(BS * E));
+    m->d_Ln = carve_if(heads, base, &c, F32(BS * E));
+    m->d_Le = carve_if(heads, base, &c, F32(BS * E));
     /* The negatives, [B*N][E] (2^21 rows at batch 512 and 4096 negatives), are kept as little as
      * possible: normalised straight from the table into bf16 (the copy the GEMMs read, which the
      * L2 backward reads too), and one fp32 gradient buffer, turned in place from the gradient of
@@ -211,11 +232,12 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_r1 = carve(base, &c, F32(B * 4 * D));
     m->d_z1_16 = carve(base, &c, B16(B * 4 * D));
     m->d_r_in = carve(base, &c, F32(B * D));
-    /* backward trunk; d_hp/d_hf have one scratch row per padded head slot after the T real rows */
-    m->d_hp = carve(base, &c, F32((T + BS) * E));
+    /* backward trunk; d_hp/d_hf have one scratch row per padded head slot after the T real rows
+     * (head_scratch_rows: none without the heads) */
+    m->d_hp = carve(base, &c, F32((T + head_scratch_rows(m)) * E));
     m->d_post = carve(base, &c, F32(T * E));
     m->d_post16 = carve(base, &c, B16(T * E));
-    m->d_hf = carve(base, &c, F32((T + BS) * D));
+    m->d_hf = carve(base, &c, F32((T + head_scratch_rows(m)) * D));
     m->d_x = carve(base, &c, F32(T * D));
     m->d_h = carve(base, &c, F32(T * D));
     m->d_n = carve(base, &c, F32(T * D));
@@ -1301,7 +1323,7 @@ static int enqueue_step(cuda_model *m, const batch_shape *bs, float grad_scale, 
         return -1;
     if (backward) {
         const int E = m->E, D = m->D;
-        const size_t rows = (size_t)T + (size_t)m->B * m->S;
+        const size_t rows = (size_t)T + head_scratch_rows(m);
         if (c->projected)
             CU(cudaMemsetAsync(m->d_hp, 0, F32(rows * E), m->stream));
         CU(cudaMemsetAsync(m->d_hf, 0, F32(rows * D), m->stream));
