@@ -185,8 +185,11 @@ cudaError_t k_attention_generic_bwd(gp_bf16 *d_qkv, const gp_bf16 *d_out, const 
 /* ab is [rows][2F] bf16 with a = columns 0..F-1 and b = columns F..2F-1 (the fused W1|W3 GEMM
  * output); g = silu(a) * b, bf16 [rows][F]. */
 cudaError_t k_swiglu_fwd(gp_bf16 *g, const gp_bf16 *ab, int64_t rows, int F, cudaStream_t s);
-/* d_ab (bf16 [rows][2F]) from d_g (bf16 [rows][F]) and ab. */
-cudaError_t k_swiglu_bwd(gp_bf16 *d_ab, const gp_bf16 *d_g, const gp_bf16 *ab, int64_t rows, int F, cudaStream_t s);
+/* d_ab (bf16 [rows][2F]) from d_g (bf16 [rows][F]) and ab. g (may be NULL): also written with
+ * k_swiglu_fwd's output for the same ab, bit for bit (the backward regenerates g instead of the
+ * forward keeping it); it must not alias d_g. */
+cudaError_t k_swiglu_bwd(gp_bf16 *d_ab, gp_bf16 *g, const gp_bf16 *d_g, const gp_bf16 *ab, int64_t rows, int F,
+                         cudaStream_t s);
 /* out = bf16(relu(x + bias)) for x fp32 [rows][dim], bias fp32 [dim] (the rank head's hidden
  * layer). Its backward needs only out (relu'(z) = out > 0). */
 cudaError_t k_bias_relu_fwd(gp_bf16 *out, const float *x, const float *bias, int64_t rows, int dim, cudaStream_t s);

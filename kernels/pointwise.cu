@@ -47,9 +47,10 @@ __global__ void __launch_bounds__(T) swiglu_fwd_kernel(uint16_t *g, const uint16
     }
 }
 
-/* d silu(a)/da = sig (1 + a (1 - sig)). */
-__global__ void __launch_bounds__(T)
-    swiglu_bwd_kernel(uint16_t *d_ab, const uint16_t *d_g, const uint16_t *ab, int64_t rows, int F, bool vec)
+/* d silu(a)/da = sig (1 + a (1 - sig)). With g, also g = silu(a) * b, by the forward's arithmetic
+ * (the same bits), so the model need not keep every block's g until the backward. */
+__global__ void __launch_bounds__(T) swiglu_bwd_kernel(uint16_t *d_ab, uint16_t *g, const uint16_t *d_g,
+                                                       const uint16_t *ab, int64_t rows, int F, bool vec)
 {
     const int upr = (F + kb::UNIT - 1) / kb::UNIT;
     const int64_t total = rows * upr, stride = (int64_t)gridDim.x * blockDim.x;
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(T)
         kb::divmod(i, upr, r, u);
         const int e = u * kb::UNIT, cnt = min(kb::UNIT, F - e);
         const int64_t o = r * 2 * F + e;
-        kb::f8 a, b, dg;
+        kb::f8 a, b, dg, gv;
         kb::ld8(a, ab + o, cnt, vec);
         kb::ld8(b, ab + o + F, cnt, vec);
         kb::ld8(dg, d_g + r * F + e, cnt, vec);
@@ -68,11 +69,14 @@ __global__ void __launch_bounds__(T)
             const float sg = sigmoidf_acc(a.v[k]);
             const float silu = a.v[k] * sg;
             const float da = (dg.v[k] * b.v[k]) * (sg * (1.0f + a.v[k] * (1.0f - sg)));
+            gv.v[k] = silu * b.v[k];
             b.v[k] = dg.v[k] * silu; /* d b */
             a.v[k] = da;
         }
         kb::st8(d_ab + o, a, cnt, vec);
         kb::st8(d_ab + o + F, b, cnt, vec);
+        if (g)
+            kb::st8(g + r * F + e, gv, cnt, vec);
     }
 }
 
@@ -243,14 +247,15 @@ extern "C" cudaError_t k_swiglu_fwd(gp_bf16 *g, const gp_bf16 *ab, int64_t rows,
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t k_swiglu_bwd(gp_bf16 *d_ab, const gp_bf16 *d_g, const gp_bf16 *ab, int64_t rows, int F,
-                                    cudaStream_t s)
+extern "C" cudaError_t k_swiglu_bwd(gp_bf16 *d_ab, gp_bf16 *g, const gp_bf16 *d_g, const gp_bf16 *ab, int64_t rows,
+                                    int F, cudaStream_t s)
 {
     if (rows <= 0 || F <= 0)
         return cudaSuccess;
-    const bool vec = F % kb::UNIT == 0 && kb::aligned16(d_ab) && kb::aligned16(d_g) && kb::aligned16(ab);
+    const bool vec = F % kb::UNIT == 0 && kb::aligned16(d_ab) && kb::aligned16(d_g) && kb::aligned16(ab) &&
+                     (!g || kb::aligned16(g));
     const int64_t work = rows * ((F + kb::UNIT - 1) / kb::UNIT);
-    swiglu_bwd_kernel<<<kb::grid_for(swiglu_bwd_kernel, work, T), T, 0, s>>>(d_ab, d_g, ab, rows, F, vec);
+    swiglu_bwd_kernel<<<kb::grid_for(swiglu_bwd_kernel, work, T), T, 0, s>>>(d_ab, g, d_g, ab, rows, F, vec);
     return cudaGetLastError();
 }
 

@@ -172,8 +172,14 @@ static size_t plan_activations(cuda_model *m, char *base)
         a->n2 = carve(base, &c, B16(T * D));
         a->rstd2 = carve(base, &c, F32(T));
         a->ab = carve(base, &c, B16(T * 2 * F));
-        a->g = carve(base, &c, B16(T * F));
     }
+    /* One g = swiglu(ab) for all blocks: the forward leaves each block's there only for its W2
+     * product, and the backward regenerates it in k_swiglu_bwd (the same bits) for the W2 weight
+     * gradient; the last block's is still the forward's. This keeps (L-1) T F bf16 fewer, 3.1 GiB
+     * at L24H1024A16, for one more bf16 write of T F per block in the backward. */
+    gp_bf16 *g_shared = carve_if(m->L > 0, base, &c, B16(T * F));
+    for (int l = 0; l < m->L; l++)
+        m->layer[l].g = g_shared;
     m->o16 = carve(base, &c, B16(T * D));
     m->f16 = carve(base, &c, B16(T * D));
     m->hf16 = carve(base, &c, B16(T * D));
@@ -1219,11 +1225,15 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
          * recomputed from their inputs */
         if (m->opts.recompute_blocks && li < m->L - 1 && block_forward(m, li, T, 1, e) != 0)
             return -1;
-        /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2) */
-        if (gemm_linear_wgrad(m->gemm, m->G + o->w2, m->d_x16, a->g, T, F, D, s, e) != 0 ||
-            gemm_linear_dgrad(m->gemm, m->d_g16, GEMM_BF16, 0.0f, m->d_x16, m->P16 + o->w2, T, F, D, s, e) != 0)
+        /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2). The shared g holds this block's
+         * swiglu output only for the last block, or after recompute_blocks' forward again;
+         * otherwise k_swiglu_bwd writes it back before the W2 weight gradient reads it. */
+        const int g_current = li == m->L - 1 || m->opts.recompute_blocks;
+        if (gemm_linear_dgrad(m->gemm, m->d_g16, GEMM_BF16, 0.0f, m->d_x16, m->P16 + o->w2, T, F, D, s, e) != 0)
             return -1;
-        CU(k_swiglu_bwd(m->d_ab16, m->d_g16, a->ab, T, F, s));
+        CU(k_swiglu_bwd(m->d_ab16, g_current ? NULL : a->g, m->d_g16, a->ab, T, F, s));
+        if (gemm_linear_wgrad(m->gemm, m->G + o->w2, m->d_x16, a->g, T, F, D, s, e) != 0)
+            return -1;
         if (gemm_linear_wgrad(m->gemm, m->G + o->w13, m->d_ab16, a->n2, T, D, 2 * F, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
             return -1;

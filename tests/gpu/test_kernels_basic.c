@@ -65,6 +65,14 @@ static float *download_bf16(const uint16_t *dev, int64_t n)
     return h;
 }
 
+/* A bf16 device array's bits. */
+static uint16_t *download_u16(const uint16_t *dev, int64_t n)
+{
+    uint16_t *b = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint16_t));
+    gpu_download(b, dev, (size_t)n * sizeof(uint16_t));
+    return b;
+}
+
 static uint16_t *to_bf16(const float *x, int64_t n)
 {
     uint16_t *b = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint16_t));
@@ -969,10 +977,27 @@ TEST(kb_swiglu)
                      *d_g = gpu_alloc((size_t)n * 2), *d_dab = gpu_alloc((size_t)(2 * n) * 2);
             REQUIRE(d_ab && d_dg && d_g && d_dab);
             KERNEL_REQUIRE(k_swiglu_fwd(d_g, d_ab, rows, F, 0));
-            KERNEL_REQUIRE(k_swiglu_bwd(d_dab, d_dg, d_ab, rows, F, 0));
+            KERNEL_REQUIRE(k_swiglu_bwd(d_dab, NULL, d_dg, d_ab, rows, F, 0));
             float *got = download_bf16(d_g, n), *gdab = download_bf16(d_dab, 2 * n);
             CHECK_REL(got, want, n, TOL_BF16, "swiglu_fwd");
             CHECK_REL(gdab, wdab, 2 * n, TOL_BF16, "swiglu_bwd");
+            /* the backward regenerating g (the model's use): the forward's bits, and d_ab unchanged */
+            uint16_t *d_g2 = gpu_alloc((size_t)n * 2), *d_dab2 = gpu_alloc((size_t)(2 * n) * 2);
+            REQUIRE(d_g2 && d_dab2);
+            KERNEL_REQUIRE(cudaMemset(d_g2, 0xff, (size_t)n * 2));
+            KERNEL_REQUIRE(k_swiglu_bwd(d_dab2, d_g2, d_dg, d_ab, rows, F, 0));
+            uint16_t *g1 = download_u16(d_g, n), *g2 = download_u16(d_g2, n);
+            uint16_t *dab1 = download_u16(d_dab, 2 * n), *dab2 = download_u16(d_dab2, 2 * n);
+            CHECK(memcmp(g1, g2, (size_t)n * 2) == 0, "rows %lld F %d: g from k_swiglu_bwd differs from k_swiglu_fwd's",
+                  (long long)rows, F);
+            CHECK(memcmp(dab1, dab2, (size_t)n * 4) == 0, "rows %lld F %d: d_ab changes when g is written",
+                  (long long)rows, F);
+            free(dab2);
+            free(dab1);
+            free(g2);
+            free(g1);
+            cudaFree(d_dab2);
+            cudaFree(d_g2);
             free(gdab);
             free(got);
             cudaFree(d_dab);
