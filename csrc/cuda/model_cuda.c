@@ -47,6 +47,10 @@ struct cuda_model {
     /* attention: cuDNN when attn is non-NULL and attn_cudnn_now (this micro-batch has a plan) */
     cudnn_attn *attn;
     int attn_cudnn_now;
+    /* the own attention runs the resident kernels with the rotary embedding folded in
+     * (k_attention_rope_*, no k_rope_qk passes), from this (cos, sin) table; set when the shape
+     * takes them. The cuDNN and tiled paths keep the separate rotation. */
+    float *rope_cs;
     cudaStream_t stream;
     gemm_ctx *gemm;
     size_t device_bytes;
@@ -439,6 +443,8 @@ static int dev_alloc(cuda_model *m, void **p, size_t bytes, const char *what, gp
  * and its results agree with the own kernels'; every rank of a data-parallel run takes the same. */
 #define ATTN_AGREE_OUT 2e-2  /* bf16 rounding of two different summation orders, measured well below */
 #define ATTN_AGREE_GRAD 5e-2
+static int tensor_core_head(int hd) { return hd == 8 || hd == 16 || hd == 32 || hd == 64; }
+
 static int choose_attention(cuda_model *m, gp_err *e)
 {
     const model_config *c = &m->c;
@@ -616,6 +622,11 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
     }
     if (choose_attention(m, e) != 0)
         goto fail;
+    if (m->L > 0 && tensor_core_head(c->head_dim) && k_attention_resident_supported(m->S + 1, c->head_dim)) {
+        if (dev_alloc(m, (void **)&m->rope_cs, F32((size_t)(m->S + 1) * c->head_dim), "the rotary table", e))
+            goto fail;
+        CU(k_rope_table(m->rope_cs, m->S + 1, c->head_dim, c->rope_theta, m->stream));
+    }
     const char *no_graph = getenv("GPSDREC_NO_CUDA_GRAPH");
     m->use_graphs = !(no_graph && *no_graph && strcmp(no_graph, "0") != 0);
     return m;
@@ -631,7 +642,7 @@ void cuda_model_destroy(cuda_model *m)
     void *bufs[] = {m->item, m->item_g, m->item_m, m->item_v, m->P, m->P16, m->G, m->M, m->V, m->d_sumsq, m->d_sums,
                     m->d_scratch, m->act, m->meta_dev, m->scat_scratch, m->r_p, m->r_g, m->r_m, m->r_v, m->r_b16,
                     m->r_len, m->rank_table, m->rank_norm, m->rank_scores, m->rank_target_score, m->rank_table16,
-                    m->rank_query16, m->rank_count, m->rank_target16, m->rank_tmp};
+                    m->rank_query16, m->rank_count, m->rank_target16, m->rank_tmp, m->rope_cs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             cudaFree(bufs[i]);
@@ -901,7 +912,6 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
 }
 
 /* The tensor-core attention kernels take these head sizes; others run on the generic kernel. */
-static int tensor_core_head(int hd) { return hd == 8 || hd == 16 || hd == 32 || hd == 64; }
 
 /* Block li forward. again = 0: in the forward pass, x_li = h_{li-1} + f_{li-1} written into
  * xs[li] (fused with the attention norm) and f_li left in f16 for the next block. again = 1:
@@ -922,8 +932,13 @@ static int block_forward(cuda_model *m, int li, int T, int again, gp_err *e)
                                   c->norm_eps, s));
     if (gemm_linear_fwd(m->gemm, a->qkv, GEMM_BF16, a->n1, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
         return -1;
-    CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
-    if (m->attn_cudnn_now) {
+    const int rope_in_attention = m->rope_cs && !m->attn_cudnn_now;
+    if (!rope_in_attention)
+        CU(k_rope_qk(a->qkv, md->tok_pos, T, H, hd, c->rope_theta, 0, s));
+    if (rope_in_attention) {
+        CU(k_attention_rope_fwd(a->att, a->lse, a->qkv, m->rope_cs, md->seq_off, md->seq_len, m->B_cur, m->S + 1, H, hd,
+                                c->causal, s));
+    } else if (m->attn_cudnn_now) {
         if (cudnn_attn_fwd(m->attn, a->att, a->lse, a->qkv, md->seq_len, md->ragged_qkv, md->ragged_out, m->B_cur,
                            e) != 0)
             return -1;
@@ -1102,9 +1117,17 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
                 if (normalise_bwd(m, m->d_Le, m->d_Ln, m->Ln, m->Lnorm, BS, 0, e) != 0)
                     return -1;
                 CU(k_scatter_add_rows(m->item_g, m->d_Le, md->lab_ids, BS, E, NULL, &m->scat, m->scat_scratch, s));
-                if (c->l2_norm) /* without L2 normalisation d_Nn is the raw rows' gradient already */
-                    CU(k_l2norm_bwd_bf16(m->d_Nn, m->d_Nn, m->Nn16, m->Nnorm, BN, E, c->l2_eps, 0, s));
-                CU(k_scatter_add_rows(m->item_g, m->d_Nn, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch, s));
+                /* the negatives' L2 backward once per distinct item, after their rows are summed
+                 * (without L2 normalisation d_Nn is the raw rows' gradient already) */
+                if (c->l2_norm && k_scatter_add_rows_l2bwd_supported(E))
+                    CU(k_scatter_add_rows_l2bwd(m->item_g, m->d_Nn, md->neg_row, BN, E, m->item, c->l2_eps, &m->scat,
+                                                m->scat_scratch, s));
+                else {
+                    if (c->l2_norm)
+                        CU(k_l2norm_bwd_bf16(m->d_Nn, m->d_Nn, m->Nn16, m->Nnorm, BN, E, c->l2_eps, 0, s));
+                    CU(k_scatter_add_rows(m->item_g, m->d_Nn, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch,
+                                          s));
+                }
             }
         }
     }
@@ -1243,7 +1266,11 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_wgrad(m->gemm, m->G + o->wo, m->d_h16, a->att, T, D, D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_att16, GEMM_BF16, 0.0f, m->d_h16, m->P16 + o->wo, T, D, D, s, e) != 0)
             return -1;
-        if (m->attn_cudnn_now) {
+        const int rope_in_attention = m->rope_cs && !m->attn_cudnn_now;
+        if (rope_in_attention) {
+            CU(k_attention_rope_bwd(m->d_qkv16, m->d_att16, a->qkv, m->rope_cs, a->att, a->lse, md->seq_off,
+                                    md->seq_len, m->B_cur, m->S + 1, H, hd, c->causal, s));
+        } else if (m->attn_cudnn_now) {
             if (cudnn_attn_bwd(m->attn, m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_len, md->ragged_qkv,
                                md->ragged_out, m->B_cur, e) != 0)
                 return -1;
@@ -1253,7 +1280,8 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         else
             CU(k_attention_generic_bwd(m->d_qkv16, m->d_att16, a->qkv, a->att, a->lse, md->seq_off, md->seq_len,
                                        m->B_cur, H, hd, c->causal, s));
-        CU(k_rope_qk(m->d_qkv16, md->tok_pos, T, H, hd, c->rope_theta, 1, s));
+        if (!rope_in_attention)
+            CU(k_rope_qk(m->d_qkv16, md->tok_pos, T, H, hd, c->rope_theta, 1, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->wqkv, m->d_qkv16, a->n1, T, D, 3 * D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
             return -1;
