@@ -8,6 +8,8 @@
  *
  * Alternatives, labelled as what they are:
  * - the tiled kernels of attention.cu, where the resident ones (attention_resident.cu) run;
+ * - there also (groups attention_rope_fwd/bwd), the resident kernels with the rotary embedding
+ *   folded in against the separate k_rope_qk passes before the forward and after the backward;
  * - "GEMM-only lower bound of unfused attention": the batched cuBLASLt products an unfused
  *   implementation cannot avoid (forward S = Q K^T and O = P V; backward dV = P^T dO,
  *   dP = dO V^T, dQ = dS K, dK = dS^T Q), over the full L x L (a GEMM cannot skip the masked
@@ -42,7 +44,12 @@ typedef struct {
     gp_bf16 *Q, *K, *V, *S, *dP, *O, *dO, *dQ, *dK, *dV;
     cudnn_attn *cd;
     int32_t *rag_qkv, *rag_out;
+    /* rope: the (cos, sin) table of the folded kernels, the row positions of the separate pass */
+    float *rope_cs;
+    int32_t *tok_pos;
 } attn_ctx;
+
+#define BK_ROPE_THETA 10000.0
 
 static void l_cfwd(void *p, int i)
 {
@@ -87,6 +94,36 @@ static void l_tbwd(void *p, int i)
     attn_ctx *c = p;
     CK(k_attention_tiled_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->out[i], c->lse[i], c->off, c->len, c->nseq,
                              c->pos, c->H, c->hd, c->causal, BK.s));
+}
+
+/* rope folded into the resident kernels, against the model's path without it: a k_rope_qk pass
+ * before the forward, and the inverse pass on d_q, d_k after the backward */
+static void l_rfwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    CK(k_attention_rope_fwd(c->out[i], c->lse[i], c->qkv[i], c->rope_cs, c->off, c->len, c->nseq, c->pos, c->H, c->hd,
+                            c->causal, BK.s));
+}
+
+static void l_rbwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    CK(k_attention_rope_bwd(c->dqkv[i], c->dout[i], c->qkv[i], c->rope_cs, c->out[i], c->lse[i], c->off, c->len,
+                            c->nseq, c->pos, c->H, c->hd, c->causal, BK.s));
+}
+
+static void l_sfwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    CK(k_rope_qk(c->qkv[i], c->tok_pos, c->R, c->H, c->hd, BK_ROPE_THETA, 0, BK.s));
+    l_fwd(p, i);
+}
+
+static void l_sbwd(void *p, int i)
+{
+    attn_ctx *c = p;
+    l_bwd(p, i);
+    CK(k_rope_qk(c->dqkv[i], c->tok_pos, c->R, c->H, c->hd, BK_ROPE_THETA, 1, BK.s));
 }
 
 static void l_gfwd(void *p, int i)
@@ -195,6 +232,36 @@ static void attn_case(int nseq, int pos, int H, int hd, int causal, const char *
         bk_meas tb = {"attention_bwd", sh, "tiled kernels", "k_attention_tiled_bwd (dK/dV + dQ)", bwd_bytes, 0,
                       bwd_flops, bwd_bytes, NULL};
         bk_report(&tb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
+
+        /* with the rotary embedding: folded in, against the separate in-place passes (rotation
+         * keeps the inputs' norms, so repeated calls stay in range) */
+        int32_t *hp = gp_xmalloc((size_t)R * sizeof *hp);
+        for (int64_t r = 0; r < R; r++)
+            hp[r] = (int32_t)(r % pos);
+        c.tok_pos = bk_upload(hp, (size_t)R * 4);
+        free(hp);
+        c.rope_cs = bk_alloc((size_t)pos * hd * 4);
+        CK(k_rope_table(c.rope_cs, pos, hd, BK_ROPE_THETA, BK.s));
+        const double rope_bytes = 2.0 * RD * 2 * 2; /* q and k read and written once by a separate pass */
+        t = bk_time(l_rfwd, &c, c.n);
+        bk_meas rf = {"attention_rope_fwd", sh, "ours", "k_attention_rope_fwd (rope folded in)", fwd_bytes, 0,
+                      fwd_flops, fwd_bytes, "rotates q and k as they are staged"};
+        bk_report(&rf, &t, bk_finite_bf16(c.out[0], R * D));
+        t = bk_time(l_sfwd, &c, c.n);
+        bk_meas sf = {"attention_rope_fwd", sh, "separate pass: k_rope_qk + k_attention_fwd", "k_rope_qk, k_attention_fwd",
+                      fwd_bytes, fwd_bytes + rope_bytes, fwd_flops, fwd_bytes, NULL};
+        bk_report(&sf, &t, bk_finite_bf16(c.out[0], R * D));
+        for (int i = 0; i < c.n; i++)
+            l_rfwd(&c, i);
+        t = bk_time(l_rbwd, &c, c.n);
+        bk_meas rb = {"attention_rope_bwd", sh, "ours", "k_attention_rope_bwd (rope folded in)", bwd_bytes, 0, bwd_flops,
+                      bwd_bytes, "turns d_q, d_k back before their one bf16 rounding"};
+        bk_report(&rb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
+        t = bk_time(l_sbwd, &c, c.n);
+        bk_meas sb = {"attention_rope_bwd", sh, "separate pass: k_attention_bwd + k_rope_qk inverse",
+                      "k_attention_bwd, k_rope_qk(inverse)", bwd_bytes, bwd_bytes + rope_bytes, bwd_flops, bwd_bytes,
+                      NULL};
+        bk_report(&sb, &t, bk_finite_bf16(c.dqkv[0], R * 3 * D));
     }
 
     /* cuDNN's fused attention on the same buffers */
