@@ -203,8 +203,8 @@ static void block_pointwise_cases(const bk_size *z, char *shape)
         for (int i = 0; i < c.n; i++)
             c.g[i] = bk_alloc((size_t)RF * 2);
         bk_timing tg = bk_time(l_swiglu_bwd_g, &c, c.n);
-        bk_meas mg = {"swiglu_bwd", sh, "ours, g regenerated", "k_swiglu_bwd(g)", RF * 12, 0, 0, RF * 12,
-                      "d_ab and g from d_g and ab, bf16"};
+        bk_meas mg = {"swiglu_bwd_regen_g", sh, "ours", "k_swiglu_bwd(g)", RF * 12, 0, 0, RF * 12,
+                      "d_ab and g from d_g and ab, bf16 (the model's call)"};
         bk_report(&mg, &tg, bk_finite_bf16(c.g[0], c.R * c.F));
         bk_meas a = {"swiglu_bwd", sh, "unfused passes: silu, d_b, d_s, d_a", "(not run)", bytes, RF * 22, 0, 0,
                      "recompute silu(a); d_b = d_g*s; d_s = d_g*b; d_a = d_s*silu'(a)"};
