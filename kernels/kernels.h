@@ -85,14 +85,16 @@ cudaError_t k_residual_rmsnorm_fwd(float *sum_out, gp_bf16 *norm_out, float *rst
                                    const gp_bf16 *delta, const float *w, int64_t rows, int dim, float eps,
                                    cudaStream_t s);
 /* RMSNorm backward: d_x = d_resid + dRMSNorm/dx . d_norm (fp32, written to d_out which may alias
- * d_resid; d_resid may be NULL = 0), also as bf16 into d_out_bf16 (may be NULL).
+ * d_resid; d_resid may be NULL = 0), also as bf16 into d_out_bf16 (may be NULL). norm_regen (may
+ * be NULL) gets the forward's norm_out again, bf16(x rstd w) bit for bit from the x and rstd the
+ * forward saved, so the model need not keep every norm output for its weight-gradient GEMM.
  * d_w += sum over rows of d_norm * x * rstd, reduced deterministically: per-block partial sums in
  * `partial` (fp32 scratch of k_rmsnorm_bwd_partial_floats(rows, dim) floats), then a fixed-order
  * column sum into d_w. */
 int64_t k_rmsnorm_bwd_partial_floats(int64_t rows, int dim);
-cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, float *d_w, const float *d_norm, const float *d_resid,
-                          const float *x, const float *w, const float *rstd, int64_t rows, int dim, float *partial,
-                          cudaStream_t s);
+cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w, const float *d_norm,
+                          const float *d_resid, const float *x, const float *w, const float *rstd, int64_t rows,
+                          int dim, float *partial, cudaStream_t s);
 /* Plain RMSNorm forward on a bf16 or fp32 input is the delta == NULL case above. */
 
 /* L2 normalisation of rows: out = x / max(||x||, eps) (x fp32, out fp32 and/or bf16), norm[r]

@@ -104,9 +104,9 @@ int64_t rms_chunks(int64_t rows)
 /* y = x r w, r = rstd: dx_i = r w_i dy_i - x_i r^3/dim sum_j dy_j w_j x_j; dw_i += dy_i x_i r. */
 template <int G, int UPL>
 __global__ void __launch_bounds__(T, 2)
-    rms_bwd_kernel(float *d_out, uint16_t *d_out_bf16, const float *d_norm, const float *d_resid, const float *x,
-                   const float *w, const float *rstd, int64_t rows, int dim, int64_t chunk_rows, float *partial,
-                   bool vec)
+    rms_bwd_kernel(float *d_out, uint16_t *d_out_bf16, uint16_t *norm_regen, const float *d_norm, const float *d_resid,
+                   const float *x, const float *w, const float *rstd, int64_t rows, int dim, int64_t chunk_rows,
+                   float *partial, bool vec)
 {
     constexpr int R = T / G;
     __shared__ float red[2 * T / 32];
@@ -167,6 +167,14 @@ __global__ void __launch_bounds__(T, 2)
                     kb::st8(d_out + row * dim + e, g, cnt, vec);
                 if (d_out_bf16)
                     kb::st8(d_out_bf16 + row * dim + e, g, cnt, vec);
+                if (norm_regen) {
+                    kb::f8 wv;
+                    kb::ld8(wv, w + e, cnt, vec);
+#pragma unroll
+                    for (int j = 0; j < kb::UNIT; j++)
+                        wv.v[j] = (xv[k].v[j] * rs) * wv.v[j]; /* rms_fwd_kernel's expression: the same bits */
+                    kb::st8(norm_regen + row * dim + e, wv, cnt, vec);
+                }
             }
         }
     }
@@ -418,22 +426,23 @@ extern "C" int64_t k_rmsnorm_bwd_partial_floats(int64_t rows, int dim)
     return rms_chunks(rows) * dim;
 }
 
-extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, float *d_w, const float *d_norm,
-                                     const float *d_resid, const float *x, const float *w, const float *rstd,
-                                     int64_t rows, int dim, float *partial, cudaStream_t s)
+extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w,
+                                     const float *d_norm, const float *d_resid, const float *x, const float *w,
+                                     const float *rstd, int64_t rows, int dim, float *partial, cudaStream_t s)
 {
     if (rows <= 0 || dim <= 0)
         return cudaSuccess;
     if (d_w && !partial)
         return cudaErrorInvalidValue;
     const bool vec = dim % kb::UNIT == 0 && kb::aligned16(d_out) && kb::aligned16(d_out_bf16) &&
-                     kb::aligned16(d_norm) && kb::aligned16(d_resid) && kb::aligned16(x) && kb::aligned16(w);
+                     kb::aligned16(norm_regen) && kb::aligned16(d_norm) && kb::aligned16(d_resid) &&
+                     kb::aligned16(x) && kb::aligned16(w);
     const int64_t chunk_rows = rms_chunk_rows(rows), n_chunks = rms_chunks(rows);
     float *part = d_w ? partial : nullptr;
     cudaError_t err = cudaSuccess;
 #define LAUNCH(G, UPL)                                                                                                 \
-    rms_bwd_kernel<G, UPL><<<(unsigned)n_chunks, T, 0, s>>>(d_out, d_out_bf16, d_norm, d_resid, x, w, rstd, rows, dim, \
-                                                            chunk_rows, part, vec)
+    rms_bwd_kernel<G, UPL><<<(unsigned)n_chunks, T, 0, s>>>(d_out, d_out_bf16, norm_regen, d_norm, d_resid, x, w,    \
+                                                            rstd, rows, dim, chunk_rows, part, vec)
     KB_ROW_DISPATCH(dim, err, LAUNCH);
 #undef LAUNCH
     if (err != cudaSuccess)

@@ -19,7 +19,7 @@
 
 typedef struct {
     float *x; /* layer input, fp32 residual stream */
-    gp_bf16 *n1, *qkv, *att, *n2, *ab, *g;
+    gp_bf16 *n1, *qkv, *att, *n2, *ab, *g; /* n1, n2 and g: one buffer for all blocks (plan_activations) */
     float *rstd1, *lse, *h, *rstd2;
 } cu_layer;
 
@@ -167,13 +167,11 @@ static size_t plan_activations(cuda_model *m, char *base)
             a->x = m->xs[l];
             continue;
         }
-        a->n1 = carve(base, &c, B16(T * D));
         a->rstd1 = carve(base, &c, F32(T));
         a->qkv = carve(base, &c, B16(T * 3 * D));
         a->att = carve(base, &c, B16(T * D));
         a->lse = carve(base, &c, F32(T * H));
         a->h = carve(base, &c, F32(T * D));
-        a->n2 = carve(base, &c, B16(T * D));
         a->rstd2 = carve(base, &c, F32(T));
         a->ab = carve(base, &c, B16(T * 2 * F));
     }
@@ -182,8 +180,15 @@ static size_t plan_activations(cuda_model *m, char *base)
      * gradient; the last block's is still the forward's. This keeps (L-1) T F bf16 fewer, 3.1 GiB
      * at L24H1024A16, for one more bf16 write of T F per block in the backward. */
     gp_bf16 *g_shared = carve_if(m->L > 0, base, &c, B16(T * F));
-    for (int l = 0; l < m->L; l++)
+    /* Likewise one buffer for both norm outputs of every block: the forward's n1 and n2 live
+     * only until their GEMM has read them, and k_rmsnorm_bwd regenerates each (the same bits)
+     * just before its weight-gradient GEMM. 2 L T D bf16 fewer (2.4 GiB at L24H1024A16) for one
+     * bf16 write of T D per norm in the backward. */
+    gp_bf16 *n_shared = carve_if(m->L > 0, base, &c, B16(T * D));
+    for (int l = 0; l < m->L; l++) {
         m->layer[l].g = g_shared;
+        m->layer[l].n1 = m->layer[l].n2 = n_shared;
+    }
     m->o16 = carve(base, &c, B16(T * D));
     m->f16 = carve(base, &c, B16(T * D));
     m->hf16 = carve(base, &c, B16(T * D));
@@ -1216,7 +1221,7 @@ static int backward_trunk(cuda_model *m, int T, gp_err *e)
     cudaStream_t s = m->stream;
     const int D = m->D, E = m->E;
     if (c->projected) {
-        CU(k_rmsnorm_bwd(m->d_post, m->d_post16, m->G + m->post_norm, m->d_hp, NULL, m->post_lin_out,
+        CU(k_rmsnorm_bwd(m->d_post, m->d_post16, NULL, m->G + m->post_norm, m->d_hp, NULL, m->post_lin_out,
                          m->P + m->post_norm, m->post_rstd, T, E, m->norm_partial, s));
         if (gemm_linear_wgrad(m->gemm, m->G + m->post_lin, m->d_post16, m->hf16, T, D, E, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_hf, GEMM_F32, 0.0f, m->d_post16, m->P16 + m->post_lin, T, D, E, s, e) != 0)
@@ -1235,8 +1240,8 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
     cudaStream_t s = m->stream;
     const int D = m->D, E = m->E, F = m->F, H = m->H, hd = c->head_dim;
     const float *x_last = m->xs[m->L];
-    CU(k_rmsnorm_bwd(m->d_x, m->d_x16, m->G + m->final_norm, m->d_hf, NULL, x_last, m->P + m->final_norm, m->rstd_f, T,
-                     D, m->norm_partial, s));
+    CU(k_rmsnorm_bwd(m->d_x, m->d_x16, NULL, m->G + m->final_norm, m->d_hf, NULL, x_last, m->P + m->final_norm,
+                     m->rstd_f, T, D, m->norm_partial, s));
     /* Data parallelism: blocks are contiguous in the dense arena, last block at the end; their
      * gradients are all-reduced in buckets of consecutive blocks as soon as the backward has
      * passed them, while it goes on with the blocks below. */
@@ -1257,11 +1262,14 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         CU(k_swiglu_bwd(m->d_ab16, g_current ? NULL : a->g, m->d_g16, a->ab, T, F, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->w2, m->d_x16, a->g, T, F, D, s, e) != 0)
             return -1;
-        if (gemm_linear_wgrad(m->gemm, m->G + o->w13, m->d_ab16, a->n2, T, D, 2 * F, s, e) != 0 ||
-            gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
+        /* the norm backward writes n2 back into the shared buffer before the W1|W3 weight
+         * gradient reads it */
+        if (gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
             return -1;
-        CU(k_rmsnorm_bwd(m->d_h, m->d_h16, m->G + o->ffn_norm, m->d_n, m->d_x, a->h, m->P + o->ffn_norm, a->rstd2, T, D,
-                         m->norm_partial, s));
+        CU(k_rmsnorm_bwd(m->d_h, m->d_h16, a->n2, m->G + o->ffn_norm, m->d_n, m->d_x, a->h, m->P + o->ffn_norm,
+                         a->rstd2, T, D, m->norm_partial, s));
+        if (gemm_linear_wgrad(m->gemm, m->G + o->w13, m->d_ab16, a->n2, T, D, 2 * F, s, e) != 0)
+            return -1;
         /* attention: h = x + Wo attn(rope(q), rope(k), v) */
         if (gemm_linear_wgrad(m->gemm, m->G + o->wo, m->d_h16, a->att, T, D, D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_att16, GEMM_BF16, 0.0f, m->d_h16, m->P16 + o->wo, T, D, D, s, e) != 0)
@@ -1282,11 +1290,12 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
                                        m->B_cur, H, hd, c->causal, s));
         if (!rope_in_attention)
             CU(k_rope_qk(m->d_qkv16, md->tok_pos, T, H, hd, c->rope_theta, 1, s));
-        if (gemm_linear_wgrad(m->gemm, m->G + o->wqkv, m->d_qkv16, a->n1, T, D, 3 * D, s, e) != 0 ||
-            gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
+        if (gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
             return -1;
-        CU(k_rmsnorm_bwd(m->d_x, m->d_x16, m->G + o->attn_norm, m->d_n, m->d_h, a->x, m->P + o->attn_norm, a->rstd1, T,
-                         D, m->norm_partial, s));
+        CU(k_rmsnorm_bwd(m->d_x, m->d_x16, a->n1, m->G + o->attn_norm, m->d_n, m->d_h, a->x, m->P + o->attn_norm,
+                         a->rstd1, T, D, m->norm_partial, s));
+        if (gemm_linear_wgrad(m->gemm, m->G + o->wqkv, m->d_qkv16, a->n1, T, D, 3 * D, s, e) != 0)
+            return -1;
         if (m->sync_now) {
             if (bucket_hi < 0)
                 bucket_hi = li + 1 < m->L ? m->lo[li + 1].wqkv : m->dense_n;
@@ -1303,8 +1312,8 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         if (gemm_linear_wgrad(m->gemm, m->G + m->pre_lin, m->d_x16, m->pn16, T, E, D, s, e) != 0 ||
             gemm_linear_dgrad(m->gemm, m->d_pn, GEMM_F32, 0.0f, m->d_x16, m->P16 + m->pre_lin, T, E, D, s, e) != 0)
             return -1;
-        CU(k_rmsnorm_bwd(m->d_x0, NULL, m->G + m->pre_norm, m->d_pn, NULL, m->x0, m->P + m->pre_norm, m->pre_rstd, T, E,
-                         m->norm_partial, s));
+        CU(k_rmsnorm_bwd(m->d_x0, NULL, NULL, m->G + m->pre_norm, m->d_pn, NULL, m->x0, m->P + m->pre_norm,
+                         m->pre_rstd, T, E, m->norm_partial, s));
         d_emb = m->d_x0;
     }
     if (m->item_g)

@@ -635,8 +635,8 @@ TEST(kb_rmsnorm_bwd)
                     cudaMemcpy(d_dw, dw0, (size_t)dim * 4, cudaMemcpyHostToDevice);
                     if (mode == 1)
                         cudaMemcpy(d_res, dres, (size_t)n * 4, cudaMemcpyHostToDevice);
-                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_out, d_outb, d_dw, d_dy, mode == 2 ? NULL : d_res, d_x, d_w, d_rstd,
-                                                 rows, dim, d_part, 0));
+                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_out, d_outb, NULL, d_dw, d_dy, mode == 2 ? NULL : d_res, d_x, d_w,
+                                                 d_rstd, rows, dim, d_part, 0));
                     g_dw[rep] = download_f32(d_dw, dim);
                 }
                 float *g_out = download_f32(d_out, n), *g_outb = download_bf16(d_outb, n);
@@ -648,10 +648,45 @@ TEST(kb_rmsnorm_bwd)
                 CHECK_REL(g_outb, want, n, TOL_BF16, "rmsnorm_bwd d_x bf16");
                 /* without d_w and without the bf16 copy */
                 if (mode == 0) {
-                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_out, NULL, NULL, d_dy, d_res, d_x, d_w, d_rstd, rows, dim, NULL, 0));
+                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_out, NULL, NULL, NULL, d_dy, d_res, d_x, d_w, d_rstd, rows, dim, NULL,
+                                                 0));
                     float *g2 = download_f32(d_out, n);
                     CHECK(same_bits(g2, g_out, (size_t)n * 4), "rmsnorm_bwd without d_w differs");
                     free(g2);
+                }
+                /* the model's use: the forward's norm output regenerated from its saved sum and
+                 * rstd, bit for bit, with d_x unchanged */
+                if (mode == 0) {
+                    uint16_t *db = to_bf16(dres, n); /* a bf16 delta, as the residual add reads it */
+                    uint16_t *d_delta = gpu_upload(db, (size_t)n * 2), *d_nf = gpu_alloc((size_t)n * 2),
+                             *d_nr = gpu_alloc((size_t)n * 2);
+                    float *d_sum = gpu_alloc((size_t)n * 4), *d_rs = gpu_alloc((size_t)rows * 4),
+                          *d_o2 = gpu_alloc((size_t)n * 4);
+                    REQUIRE(d_delta && d_nf && d_nr && d_sum && d_rs && d_o2);
+                    KERNEL_REQUIRE(k_residual_rmsnorm_fwd(d_sum, d_nf, d_rs, d_x, d_delta, d_w, rows, dim, eps, 0));
+                    KERNEL_REQUIRE(cudaMemset(d_nr, 0xff, (size_t)n * 2));
+                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_out, NULL, NULL, NULL, d_dy, d_res, d_sum, d_w, d_rs, rows, dim,
+                                                 NULL, 0));
+                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_o2, NULL, d_nr, NULL, d_dy, d_res, d_sum, d_w, d_rs, rows, dim, NULL,
+                                                 0));
+                    uint16_t *nf = download_u16(d_nf, n), *nr = download_u16(d_nr, n);
+                    float *o1 = download_f32(d_out, n), *o2 = download_f32(d_o2, n);
+                    CHECK(memcmp(nf, nr, (size_t)n * 2) == 0,
+                          "rows %lld dim %d: the norm output from k_rmsnorm_bwd differs from the forward's",
+                          (long long)rows, dim);
+                    CHECK(same_bits(o1, o2, (size_t)n * 4), "rows %lld dim %d: d_x changes when the norm is written",
+                          (long long)rows, dim);
+                    free(o2);
+                    free(o1);
+                    free(nr);
+                    free(nf);
+                    cudaFree(d_o2);
+                    cudaFree(d_rs);
+                    cudaFree(d_sum);
+                    cudaFree(d_nr);
+                    cudaFree(d_nf);
+                    cudaFree(d_delta);
+                    free(db);
                 }
                 free(g_outb);
                 free(g_out);
