@@ -120,29 +120,55 @@ __global__ void __launch_bounds__(kb::THREADS)
 constexpr int SCATTER_PREFETCH = 16; /* rows whose loads are in flight before their adds */
 constexpr int64_t SCATTER_CHUNK = 512; /* longer runs are summed in chunks of this many rows */
 
-/* Sum of sorted rows [begin, end) at columns of unit u (4 floats when vec), in row order. */
-__device__ __forceinline__ float4 sum_rows(const float *src, const int32_t *sorted_rows, int64_t begin, int64_t end,
+/* Source rows are fp32 or bf16 (uint16_t); a unit is 4 consecutive elements (one 16- or 8-byte
+ * load), widened to fp32 exactly. */
+__device__ __forceinline__ float4 ld_unit(const float *p)
+{
+    return __ldg(reinterpret_cast<const float4 *>(p));
+}
+
+__device__ __forceinline__ float4 ld_unit(const uint16_t *p)
+{
+    const uint2 v = __ldg(reinterpret_cast<const uint2 *>(p));
+    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                       __uint_as_float(v.y & 0xffff0000u));
+}
+
+__device__ __forceinline__ float ld_one(const float *p)
+{
+    return __ldg(p);
+}
+
+__device__ __forceinline__ float ld_one(const uint16_t *p)
+{
+    return __uint_as_float((uint32_t)__ldg(p) << 16);
+}
+
+/* Sum of sorted rows [begin, end) at columns of unit u (4 elements when vec), in row order. */
+template <typename Src>
+__device__ __forceinline__ float4 sum_rows(const Src *src, const int32_t *sorted_rows, int64_t begin, int64_t end,
                                            int dim, int64_t col, bool vec)
 {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int64_t j = begin; j < end; j++) {
-        const float *row = src + (int64_t)sorted_rows[j] * dim + col;
+        const Src *row = src + (int64_t)sorted_rows[j] * dim + col;
         if (vec) {
-            float4 t = __ldg(reinterpret_cast<const float4 *>(row));
+            float4 t = ld_unit(row);
             acc.x += t.x;
             acc.y += t.y;
             acc.z += t.z;
             acc.w += t.w;
         } else {
-            acc.x += __ldg(row);
+            acc.x += ld_one(row);
         }
     }
     return acc;
 }
 
-/* The same for 16-byte units, SCATTER_PREFETCH row loads in flight before their adds (the same
+/* The same for vector units, SCATTER_PREFETCH row loads in flight before their adds (the same
  * adds in the same order). */
-__device__ __forceinline__ float4 sum_rows_vec(const float *src, const int32_t *sorted_rows, int64_t begin,
+template <typename Src>
+__device__ __forceinline__ float4 sum_rows_vec(const Src *src, const int32_t *sorted_rows, int64_t begin,
                                                int64_t end, int dim, int64_t col)
 {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -151,7 +177,7 @@ __device__ __forceinline__ float4 sum_rows_vec(const float *src, const int32_t *
         float4 t[SCATTER_PREFETCH];
 #pragma unroll
         for (int q = 0; q < SCATTER_PREFETCH; q++)
-            t[q] = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j + q] * dim + col));
+            t[q] = ld_unit(src + (int64_t)sorted_rows[j + q] * dim + col);
 #pragma unroll
         for (int q = 0; q < SCATTER_PREFETCH; q++) {
             acc.x += t[q].x;
@@ -161,7 +187,7 @@ __device__ __forceinline__ float4 sum_rows_vec(const float *src, const int32_t *
         }
     }
     for (; j < end; j++) {
-        const float4 t = __ldg(reinterpret_cast<const float4 *>(src + (int64_t)sorted_rows[j] * dim + col));
+        const float4 t = ld_unit(src + (int64_t)sorted_rows[j] * dim + col);
         acc.x += t.x;
         acc.y += t.y;
         acc.z += t.z;
@@ -190,9 +216,9 @@ __global__ void __launch_bounds__(kb::THREADS)
 
 /* Chunk s of the long runs: find its run by binary search over the chunk offsets, sum its rows
  * into partial[s]. */
-template <int G>
+template <int G, typename Src>
 __global__ void __launch_bounds__(kb::THREADS)
-    chunk_sums_kernel(float *partial, const float *src, const int32_t *sorted_rows, const int32_t *run_start,
+    chunk_sums_kernel(float *partial, const Src *src, const int32_t *sorted_rows, const int32_t *run_start,
                       const int32_t *sub, const int32_t *sub_off, const int32_t *n_runs_dev, int64_t rows, int dim,
                       int64_t max_chunks, bool vec)
 {
@@ -392,7 +418,7 @@ __device__ __forceinline__ void l2_bwd_add_row(float *table_grad, const float *t
 /* Runs of at most SCATTER_CHUNK rows (the longer ones: combine_chunks_l2_kernel). */
 template <int G, int UPL>
 __global__ void __launch_bounds__(kb::THREADS)
-    scatter_runs_l2_kernel(float *table_grad, const float *src, const float *table, const uint32_t *sorted_ids,
+    scatter_runs_l2_kernel(float *table_grad, const uint16_t *src, const float *table, const uint32_t *sorted_ids,
                            const int32_t *sorted_rows, const int32_t *run_start, const int32_t *n_runs_dev,
                            int64_t rows, int dim, int64_t n_ids, float eps)
 {
@@ -682,8 +708,9 @@ extern "C" cudaError_t k_scatter_add_rows(float *table_grad, const float *src, c
     const int64_t runs_max = rows, max_chunks = R.max_chunks;
 #define SCATTER_LAUNCH(G)                                                                                              \
     do {                                                                                                               \
-        chunk_sums_kernel<G><<<kb::grid_for(chunk_sums_kernel<G>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>( \
-            R.partial, src, R.sorted_rows, R.starts, R.sub, R.sub_off, R.n_runs, rows, dim, max_chunks, vec);         \
+        chunk_sums_kernel<G, float>                                                                                    \
+            <<<kb::grid_for(chunk_sums_kernel<G, float>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>(         \
+                R.partial, src, R.sorted_rows, R.starts, R.sub, R.sub_off, R.n_runs, rows, dim, max_chunks, vec);     \
         combine_chunks_kernel<G><<<kb::grid_for(combine_chunks_kernel<G>, runs_max, kb::THREADS / (G)), kb::THREADS,   \
                                    0, s>>>(table_grad, R.partial, R.sorted_ids, R.starts, R.sub, R.sub_off, R.n_runs, \
                                            dim, p->n_ids, freeze_mask, vec);                                           \
@@ -712,13 +739,13 @@ extern "C" int k_scatter_add_rows_l2bwd_supported(int dim)
     return dim >= 4 && dim % 4 == 0 && dim <= K_SCATTER_L2BWD_MAX_DIM;
 }
 
-extern "C" cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const float *src, const int32_t *ids,
+extern "C" cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const gp_bf16 *src, const int32_t *ids,
                                                 int64_t rows, int dim, const float *table, float eps,
                                                 const k_scatter_plan *p, void *scratch, cudaStream_t s)
 {
     if (rows <= 0)
         return cudaSuccess;
-    if (!k_scatter_add_rows_l2bwd_supported(dim) || !kb::aligned16(table_grad) || !kb::aligned16(src) ||
+    if (!k_scatter_add_rows_l2bwd_supported(dim) || !kb::aligned16(table_grad) || !kb::aligned8(src) ||
         !kb::aligned16(table))
         return cudaErrorInvalidValue;
     scatter_runs R;
@@ -729,8 +756,9 @@ extern "C" cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const float *
     const int64_t runs_max = rows, max_chunks = R.max_chunks;
 #define SCATTER_L2_LAUNCH(G, UPL)                                                                                      \
     do {                                                                                                               \
-        chunk_sums_kernel<G><<<kb::grid_for(chunk_sums_kernel<G>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>( \
-            R.partial, src, R.sorted_rows, R.starts, R.sub, R.sub_off, R.n_runs, rows, dim, max_chunks, true);        \
+        chunk_sums_kernel<G, uint16_t>                                                                                 \
+            <<<kb::grid_for(chunk_sums_kernel<G, uint16_t>, max_chunks, kb::THREADS / (G)), kb::THREADS, 0, s>>>(      \
+                R.partial, src, R.sorted_rows, R.starts, R.sub, R.sub_off, R.n_runs, rows, dim, max_chunks, true);    \
         combine_chunks_l2_kernel<G, UPL>                                                                               \
             <<<kb::grid_for(combine_chunks_l2_kernel<G, UPL>, runs_max, kb::THREADS / (G)), kb::THREADS, 0, s>>>(      \
                 table_grad, R.partial, table, R.sorted_ids, R.starts, R.sub, R.sub_off, R.n_runs, dim, p->n_ids, eps); \

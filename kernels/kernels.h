@@ -61,15 +61,16 @@ typedef struct {
 cudaError_t k_scatter_plan_init(k_scatter_plan *p, int64_t max_rows, int64_t n_ids, int max_dim);
 cudaError_t k_scatter_add_rows(float *table_grad, const float *src, const int32_t *ids, int64_t rows, int dim,
                                const uint8_t *freeze_mask, const k_scatter_plan *p, void *scratch, cudaStream_t s);
-/* The same for rows that are gradients with respect to L2-normalised table rows, out =
+/* The same for bf16 rows that are gradients with respect to L2-normalised table rows, out =
  * x / max(||x||, eps) of x = table[id]: table_grad[id] += the L2 backward at table[id] of the sum
  * of the id's rows (in the order above), i.e. (g - out <out, g>) / ||x|| when ||x|| > eps, else
  * g / eps; the backward is linear in g, so this is the per-row backward summed, once per distinct
- * id. No freeze mask (a frozen table has no gradient); ids outside [0, n_ids) skipped. dim a
- * multiple of 4 up to K_SCATTER_L2BWD_MAX_DIM, 16-byte aligned table, table_grad and src. */
+ * id, in fp32. No freeze mask (a frozen table has no gradient); ids outside [0, n_ids) skipped.
+ * dim a multiple of 4 up to K_SCATTER_L2BWD_MAX_DIM, 16-byte aligned table and table_grad,
+ * 8-byte aligned src. */
 #define K_SCATTER_L2BWD_MAX_DIM 1024
 int k_scatter_add_rows_l2bwd_supported(int dim);
-cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const float *src, const int32_t *ids, int64_t rows, int dim,
+cudaError_t k_scatter_add_rows_l2bwd(float *table_grad, const gp_bf16 *src, const int32_t *ids, int64_t rows, int dim,
                                      const float *table, float eps, const k_scatter_plan *p, void *scratch,
                                      cudaStream_t s);
 
@@ -218,12 +219,13 @@ cudaError_t k_sampled_softmax_rows(float *loss, gp_bf16 *d_logits, float *d_pos,
  * q [n_seq][rows_per_seq][emb_dim] and neg [n_seq][n_neg][emb_dim] bf16 (16-byte aligned), the
  * negative logits z_j = inv_temp * <q_r, neg_j> in fp32, then as k_sampled_softmax_rows (same
  * pos_logit, label, neg_ids, logq and scale; loss and d_pos written for every row). With d_q and
- * d_neg (both or neither, fp32, 8-byte aligned): d_q[r] += sum_j g_rj neg_j and
- * d_neg[j] = sum_r g_rj q_r (written), g_rj the bf16-rounded gradient k_sampled_softmax_rows
- * would write to d_logits. Deterministic. Only for the shapes k_sampled_softmax_fused_supported
- * accepts (emb_dim 32 or 64, rows_per_seq <= 256) and n_neg >= 1; otherwise cudaErrorInvalidValue. */
+ * d_neg (both or neither; d_q fp32, 8-byte aligned; d_neg bf16, 4-byte aligned):
+ * d_q[r] += sum_j g_rj neg_j and d_neg[j] = bf16(sum_r g_rj q_r) (written), g_rj the bf16-rounded
+ * gradient k_sampled_softmax_rows would write to d_logits. Deterministic. Only for the shapes
+ * k_sampled_softmax_fused_supported accepts (emb_dim 32 or 64, rows_per_seq <= 256) and n_neg >= 1;
+ * otherwise cudaErrorInvalidValue. */
 int k_sampled_softmax_fused_supported(int rows_per_seq, int emb_dim);
-cudaError_t k_sampled_softmax_fused(float *loss, float *d_pos, float *d_q, float *d_neg, const gp_bf16 *q,
+cudaError_t k_sampled_softmax_fused(float *loss, float *d_pos, float *d_q, gp_bf16 *d_neg, const gp_bf16 *q,
                                     const gp_bf16 *neg, const float *pos_logit, const int32_t *label,
                                     const int32_t *neg_ids, int64_t n_seq, int rows_per_seq, int n_neg, int emb_dim,
                                     float inv_temp, int logq, float scale, cudaStream_t s);

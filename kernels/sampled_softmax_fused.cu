@@ -14,8 +14,9 @@
  *           entry's gradient rounded to bf16 as the unfused path's d_logits is; d_q += P K in
  *           registers (the owner's rows: one writer), and P staged in shared memory, from which
  *           the CTA computes d_neg of the tile = P^T Q (each negative row of the sequence has
- *           one writer: no atomics, deterministic).
- * So the step reads each negative twice (the second time partly from L2) and writes its fp32
+ *           one writer: no atomics, deterministic), rounded once to bf16: the official model's
+ *           d_neg is a bf16 autocast product too, and the scatter that sums it reads half.
+ * So the step reads each negative twice (the second time partly from L2) and writes its bf16
  * gradient once, where the GEMM path wrote the fp32 logits, read them, wrote bf16 gradients and
  * read those twice (about 6 GB a step at L4H64A4).
  * The work is 4 logits-sized products instead of 3 (the recompute): the kernel trades FLOPs for
@@ -152,7 +153,7 @@ __device__ __forceinline__ bool mask_tile(float (&acc)[SSF_TBLK][4], const int32
  * each owning 16 negatives x 16 columns: A = P^T from the gradient tile P[r][j] and B = Q from
  * Q[r][e], both transposed on load. One writer per element. */
 template <int E>
-__device__ __forceinline__ void dneg_tile(float *__restrict__ d_neg, const uint16_t *ps, const uint16_t *qs, int nb,
+__device__ __forceinline__ void dneg_tile(uint16_t *__restrict__ d_neg, const uint16_t *ps, const uint16_t *qs, int nb,
                                           int64_t seq, int tile, int n_neg, int warp, int lane)
 {
     using Sh = SsfShape<E>;
@@ -173,9 +174,9 @@ __device__ __forceinline__ void dneg_tile(float *__restrict__ d_neg, const uint1
     for (int n = 0; n < 2; n++) {
         const int e = cg * 16 + n * 8 + 2 * tig;
         if (j_lo < n_neg)
-            *reinterpret_cast<float2 *>(d_neg + (seq * n_neg + j_lo) * E + e) = make_float2(dn[n][0], dn[n][1]);
+            *reinterpret_cast<uint32_t *>(d_neg + (seq * n_neg + j_lo) * E + e) = pack_bf16x2(dn[n][0], dn[n][1]);
         if (j_hi < n_neg)
-            *reinterpret_cast<float2 *>(d_neg + (seq * n_neg + j_hi) * E + e) = make_float2(dn[n][2], dn[n][3]);
+            *reinterpret_cast<uint32_t *>(d_neg + (seq * n_neg + j_hi) * E + e) = pack_bf16x2(dn[n][2], dn[n][3]);
     }
 }
 
@@ -222,7 +223,7 @@ __device__ __forceinline__ void logits_tile(float (&acc)[SSF_TBLK][4], const uin
 template <int E>
 __global__ void __launch_bounds__(SSF_THREADS, 1)
     sampled_softmax_fused_kernel(float *__restrict__ loss, float *__restrict__ d_pos, float *__restrict__ d_q,
-                                 float *__restrict__ d_neg, const uint16_t *__restrict__ q,
+                                 uint16_t *__restrict__ d_neg, const uint16_t *__restrict__ q,
                                  const uint16_t *__restrict__ neg, const float *__restrict__ pos_logit,
                                  const int32_t *__restrict__ label, const int32_t *__restrict__ neg_ids, int S,
                                  int n_neg, float inv_temp, int logq, float scale)
@@ -407,7 +408,7 @@ __global__ void __launch_bounds__(SSF_THREADS, 1)
 }
 
 template <int E>
-cudaError_t launch_fused(float *loss, float *d_pos, float *d_q, float *d_neg, const gp_bf16 *q, const gp_bf16 *neg,
+cudaError_t launch_fused(float *loss, float *d_pos, float *d_q, gp_bf16 *d_neg, const gp_bf16 *q, const gp_bf16 *neg,
                          const float *pos_logit, const int32_t *label, const int32_t *neg_ids, int64_t n_seq, int S,
                          int n_neg, float inv_temp, int logq, float scale, cudaStream_t s)
 {
@@ -428,18 +429,19 @@ extern "C" int k_sampled_softmax_fused_supported(int rows_per_seq, int emb_dim)
     return (emb_dim == 32 || emb_dim == 64) && rows_per_seq >= 1 && rows_per_seq <= SSF_MAX_ROWS;
 }
 
-extern "C" cudaError_t k_sampled_softmax_fused(float *loss, float *d_pos, float *d_q, float *d_neg, const gp_bf16 *q,
-                                               const gp_bf16 *neg, const float *pos_logit, const int32_t *label,
-                                               const int32_t *neg_ids, int64_t n_seq, int rows_per_seq, int n_neg,
-                                               int emb_dim, float inv_temp, int logq, float scale, cudaStream_t s)
+extern "C" cudaError_t k_sampled_softmax_fused(float *loss, float *d_pos, float *d_q, gp_bf16 *d_neg,
+                                               const gp_bf16 *q, const gp_bf16 *neg, const float *pos_logit,
+                                               const int32_t *label, const int32_t *neg_ids, int64_t n_seq,
+                                               int rows_per_seq, int n_neg, int emb_dim, float inv_temp, int logq,
+                                               float scale, cudaStream_t s)
 {
     if (n_seq <= 0)
         return cudaSuccess;
     if (!k_sampled_softmax_fused_supported(rows_per_seq, emb_dim) || n_neg < 1 || n_seq > INT32_MAX ||
         (d_q == nullptr) != (d_neg == nullptr))
         return cudaErrorInvalidValue;
-    /* 16-byte rows for cp.async and the float2 gradient stores */
-    if (((uintptr_t)q | (uintptr_t)neg) & 15u || ((uintptr_t)d_q | (uintptr_t)d_neg) & 7u)
+    /* 16-byte rows for cp.async, the float2 d_q and bf16-pair d_neg stores */
+    if (((uintptr_t)q | (uintptr_t)neg) & 15u || (uintptr_t)d_q & 7u || (uintptr_t)d_neg & 3u)
         return cudaErrorMisalignedAddress;
     if (emb_dim == 32)
         return launch_fused<32>(loss, d_pos, d_q, d_neg, q, neg, pos_logit, label, neg_ids, n_seq, rows_per_seq,

@@ -75,7 +75,7 @@ struct cuda_model {
     cu_layer *layer;
     /* heads */
     float *Hg, *Hn, *Hnorm, *Le, *Ln, *Lnorm, *pos_logit, *d_pos, *Nnorm, *logits, *row_loss, *row_loss_c;
-    gp_bf16 *Hn16, *Nn16, *dlog16, *Cn16;
+    gp_bf16 *Hn16, *Nn16, *dlog16, *Cn16, *d_Nn16;
     float *d_Hn, *d_H, *d_Ln, *d_Le, *d_Nn, *Cn, *Cnorm, *d_Cn, *d_Cn_pre;
     float *z1, *z, *prob, *r_loss, *dz, *d_r1, *d_r_in;
     gp_bf16 *r_in16, *r1_16, *dz16, *d_z1_16;
@@ -140,6 +140,10 @@ static size_t logits_width(const cuda_model *m)
 
 /* A buffer only the item and category heads use: none when they are off (a NULL pointer, so a
  * stray use faults instead of aliasing the next buffer). */
+/* The negatives' bf16 gradient goes straight into the L2 scatter; otherwise (no L2
+ * normalisation, or a row width it does not take) through an fp32 copy and the per-row path. */
+static int neg_scatter_l2(const cuda_model *m) { return m->c.l2_norm && k_scatter_add_rows_l2bwd_supported(m->E); }
+
 static void *carve_if(int on, char *base, size_t *cursor, size_t bytes)
 {
     return on && bytes ? carve(base, cursor, bytes) : NULL;
@@ -224,11 +228,12 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_Ln = carve_if(heads, base, &c, F32(BS * E));
     m->d_Le = carve_if(heads, base, &c, F32(BS * E));
     /* The negatives, [B*N][E] (2^21 rows at batch 512 and 4096 negatives), are kept as little as
-     * possible: normalised straight from the table into bf16 (the copy the GEMMs read, which the
-     * L2 backward reads too), and one fp32 gradient buffer, turned in place from the gradient of
-     * the normalised rows into that of the raw rows. 6 bytes an element where a gathered fp32
-     * copy, an fp32 normalised copy and a second gradient took 16 (for L4H256A4, 3 GiB not 8). */
-    m->d_Nn = carve(base, &c, F32(BN * E));
+     * possible: normalised straight from the table into bf16 (the copy the products read), and
+     * their gradient in bf16 (the official model's d_neg is a bf16 autocast product too), which
+     * the L2 scatter sums per item in fp32. 4 bytes an element where a gathered fp32 copy, an fp32
+     * normalised copy and two fp32 gradients took 16 (for L4H256A4, 2 GiB, not 8). */
+    m->d_Nn16 = carve(base, &c, B16(BN * E));
+    m->d_Nn = carve_if(!neg_scatter_l2(m), base, &c, F32(BN * E));
     m->Cn = carve(base, &c, F32(C * E));
     m->Cnorm = carve(base, &c, F32(C));
     m->Cn16 = carve(base, &c, B16(Cp * E));
@@ -1044,7 +1049,7 @@ fail:
 /* The item head's sampled softmax through cuBLASLt (sampled_softmax_kernel = gemm, or where the
  * fused kernel does not apply), a chunk of sequences at a time through the logits buffer:
  * logits GEMM, the rows kernel (loss, d_pos, bf16 d_logits), then d_Hn += d_logits Nn and
- * d_Nn = d_logits^T Hn. */
+ * d_Nn = d_logits^T Hn (bf16). */
 static int item_head_gemm(cuda_model *m, float inv_temp, float scale, int backward, gp_err *e)
 {
     const model_config *c = &m->c;
@@ -1071,8 +1076,8 @@ static int item_head_gemm(cuda_model *m, float inv_temp, float scale, int backwa
                         .stride_c = (int64_t)S * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = cb};
         gemm_args dn = {.trans_a = 1, .trans_b = 0, .M = N, .N = E, .K = S, .A = m->dlog16, .lda = N,
                         .stride_a = (int64_t)S * N, .B = m->Hn16 + (size_t)b0 * S * E, .ldb = E,
-                        .stride_b = (int64_t)S * E, .C = m->d_Nn + (size_t)b0 * N * E, .ldc = E,
-                        .stride_c = (int64_t)N * E, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = cb};
+                        .stride_b = (int64_t)S * E, .C = m->d_Nn16 + (size_t)b0 * N * E, .ldc = E,
+                        .stride_c = (int64_t)N * E, .c_type = GEMM_BF16, .alpha = 1.0f, .beta = 0.0f, .batch = cb};
         if (gemm_run(m->gemm, &dh, s, e) != 0 || gemm_run(m->gemm, &dn, s, e) != 0)
             return -1;
     }
@@ -1110,7 +1115,7 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
             CU(k_gather_rows(NULL, m->Nn16, m->item, md->neg_row, BN, E, s));
         const float scale = grad_scale * c->w_item / (float)bs->n_item * inv_temp;
         if (m->item_fused)
-            CU(k_sampled_softmax_fused(m->row_loss, m->d_pos, backward ? m->d_Hn : NULL, backward ? m->d_Nn : NULL,
+            CU(k_sampled_softmax_fused(m->row_loss, m->d_pos, backward ? m->d_Hn : NULL, backward ? m->d_Nn16 : NULL,
                                        m->Hn16, m->Nn16, m->pos_logit, md->item_lab, md->neg_raw, Bc, S, N, E,
                                        inv_temp, c->logq, scale, s));
         else if (item_head_gemm(m, inv_temp, scale, backward, e) != 0)
@@ -1124,10 +1129,11 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
                 CU(k_scatter_add_rows(m->item_g, m->d_Le, md->lab_ids, BS, E, NULL, &m->scat, m->scat_scratch, s));
                 /* the negatives' L2 backward once per distinct item, after their rows are summed
                  * (without L2 normalisation d_Nn is the raw rows' gradient already) */
-                if (c->l2_norm && k_scatter_add_rows_l2bwd_supported(E))
-                    CU(k_scatter_add_rows_l2bwd(m->item_g, m->d_Nn, md->neg_row, BN, E, m->item, c->l2_eps, &m->scat,
-                                                m->scat_scratch, s));
+                if (neg_scatter_l2(m))
+                    CU(k_scatter_add_rows_l2bwd(m->item_g, m->d_Nn16, md->neg_row, BN, E, m->item, c->l2_eps,
+                                                &m->scat, m->scat_scratch, s));
                 else {
+                    CU(k_bf16_to_f32(m->d_Nn, m->d_Nn16, BN * E, s));
                     if (c->l2_norm)
                         CU(k_l2norm_bwd_bf16(m->d_Nn, m->d_Nn, m->Nn16, m->Nnorm, BN, E, c->l2_eps, 0, s));
                     CU(k_scatter_add_rows(m->item_g, m->d_Nn, md->neg_row, BN, E, NULL, &m->scat, m->scat_scratch,

@@ -79,6 +79,25 @@ static inline uint16_t float_to_bf16(float f)
 /* Round through bf16 (what a bf16 tensor can hold). */
 static inline float bf16_round(float f) { return bf16_to_float(float_to_bf16(f)); }
 
+static inline void round_bf16(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = bf16_round(x[i]);
+}
+
+/* A bf16 device array's values as floats (malloc'd). */
+static inline float *download_bf16(const uint16_t *dev, int64_t n)
+{
+    const size_t cnt = (size_t)(n > 0 ? n : 1);
+    uint16_t *b = malloc(cnt * sizeof(uint16_t));
+    float *h = malloc(cnt * sizeof(float));
+    gpu_download(b, dev, (size_t)n * sizeof(uint16_t));
+    for (int64_t i = 0; i < n; i++)
+        h[i] = bf16_to_float(b[i]);
+    free(b);
+    return h;
+}
+
 static inline void fill_normal(float *x, int64_t n, float std, gp_rng *r)
 {
     for (int64_t i = 0; i < n; i++)

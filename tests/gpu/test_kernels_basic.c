@@ -53,18 +53,6 @@ static float *download_f32(const float *dev, int64_t n)
     return h;
 }
 
-/* A bf16 device array's values as floats. */
-static float *download_bf16(const uint16_t *dev, int64_t n)
-{
-    uint16_t *b = malloc((size_t)(n > 0 ? n : 1) * sizeof(uint16_t));
-    gpu_download(b, dev, (size_t)n * sizeof(uint16_t));
-    float *h = host_f32(n);
-    for (int64_t i = 0; i < n; i++)
-        h[i] = bf16_to_float(b[i]);
-    free(b);
-    return h;
-}
-
 /* A bf16 device array's bits. */
 static uint16_t *download_u16(const uint16_t *dev, int64_t n)
 {
@@ -79,12 +67,6 @@ static uint16_t *to_bf16(const float *x, int64_t n)
     for (int64_t i = 0; i < n; i++)
         b[i] = float_to_bf16(x[i]);
     return b;
-}
-
-static void round_bf16(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] = bf16_round(x[i]);
 }
 
 static int same_bits(const void *a, const void *b, size_t bytes)
@@ -358,7 +340,7 @@ TEST(kb_scatter_add_rows)
 }
 
 /* Scatter-add through the L2 backward: one case against a double-precision reference (sum each
- * id's rows, then the backward of x / max(||x||, eps) at the table row). Every 7th table row is
+ * id's bf16 rows, then the backward of x / max(||x||, eps) at the table row). Every 7th table row is
  * zero (the norm <= eps branch); ids from the first `hot` ids when hot > 0 (runs longer than the
  * 512-row chunks); ids[1] is out of range and skipped. */
 static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, int hot)
@@ -367,6 +349,7 @@ static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, 
     gp_rng r = test_rng(9, case_id);
     float *src = host_f32(rows * dim), *table = host_f32((int64_t)n_ids * dim), *grad = host_f32((int64_t)n_ids * dim);
     fill_uniform(src, rows * dim, 1.0f, &r);
+    round_bf16(src, rows * dim); /* the rows are bf16: the reference sums the same values */
     fill_uniform(table, (int64_t)n_ids * dim, 1.0f, &r);
     fill_uniform(grad, (int64_t)n_ids * dim, 0.01f, &r);
     for (int i = 0; i < n_ids; i += 7)
@@ -401,7 +384,8 @@ static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, 
     k_scatter_plan plan;
     CUDA_REQUIRE(k_scatter_plan_init(&plan, rows, n_ids, dim));
     void *scratch = gpu_alloc(plan.scratch_bytes);
-    float *d_src = gpu_upload(src, (size_t)(rows * dim) * 4), *d_table = gpu_upload(table, (size_t)n_ids * dim * 4);
+    uint16_t *src16 = to_bf16(src, rows * dim), *d_src = gpu_upload(src16, (size_t)(rows * dim) * 2);
+    float *d_table = gpu_upload(table, (size_t)n_ids * dim * 4);
     float *d_grad = gpu_alloc((size_t)n_ids * dim * 4);
     int32_t *d_ids = gpu_upload(ids, (size_t)rows * 4);
     REQUIRE(scratch && d_src && d_table && d_grad && d_ids);
@@ -453,6 +437,7 @@ static void scatter_l2_case(uint64_t case_id, int64_t rows, int dim, int n_ids, 
     cudaFree(d_table);
     cudaFree(d_src);
     cudaFree(scratch);
+    free(src16);
     free(want);
     free(sum);
     free(ids);
@@ -482,6 +467,13 @@ TEST(kb_scatter_add_rows_l2bwd)
     CHECK(k_scatter_add_rows_l2bwd(NULL, NULL, NULL, 4, 6, NULL, 1e-3f, &plan, NULL, 0) == cudaErrorInvalidValue,
           "a width that is not a multiple of 4 is refused");
     KERNEL_REQUIRE(k_scatter_add_rows_l2bwd(NULL, NULL, NULL, 0, 8, NULL, 1e-3f, &plan, NULL, 0));
+    float *f = gpu_alloc(4096);
+    REQUIRE(f);
+    CHECK(k_scatter_add_rows_l2bwd(f, (const uint16_t *)f + 2, (const int32_t *)f, 4, 8, f, 1e-3f, &plan, f, 0) ==
+              cudaErrorInvalidValue,
+          "bf16 rows off their 8-byte alignment are refused");
+    cudaGetLastError();
+    cudaFree(f);
 }
 
 TEST(kb_add_rows)
