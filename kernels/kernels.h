@@ -96,6 +96,11 @@ int64_t k_rmsnorm_bwd_partial_floats(int64_t rows, int dim);
 cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w, const float *d_norm,
                           const float *d_resid, const float *x, const float *w, const float *rstd, int64_t rows,
                           int dim, float *partial, cudaStream_t s);
+/* The same with a bf16 d_norm: the gradient of a norm output that only feeds bf16 GEMMs, as the
+ * blocks' are (the official model's autocast rounds it to bf16 there too). */
+cudaError_t k_rmsnorm_bwd_bf16(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w,
+                               const gp_bf16 *d_norm, const float *d_resid, const float *x, const float *w,
+                               const float *rstd, int64_t rows, int dim, float *partial, cudaStream_t s);
 /* Plain RMSNorm forward on a bf16 or fp32 input is the delta == NULL case above. */
 
 /* L2 normalisation of rows: out = x / max(||x||, eps) (x fp32, out fp32 and/or bf16), norm[r]

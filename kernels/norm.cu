@@ -102,9 +102,9 @@ int64_t rms_chunks(int64_t rows)
 }
 
 /* y = x r w, r = rstd: dx_i = r w_i dy_i - x_i r^3/dim sum_j dy_j w_j x_j; dw_i += dy_i x_i r. */
-template <int G, int UPL>
+template <int G, int UPL, typename DY>
 __global__ void __launch_bounds__(T, 2)
-    rms_bwd_kernel(float *d_out, uint16_t *d_out_bf16, uint16_t *norm_regen, const float *d_norm, const float *d_resid,
+    rms_bwd_kernel(float *d_out, uint16_t *d_out_bf16, uint16_t *norm_regen, const DY *d_norm, const float *d_resid,
                    const float *x, const float *w, const float *rstd, int64_t rows, int dim, int64_t chunk_rows,
                    float *partial, bool vec)
 {
@@ -426,9 +426,10 @@ extern "C" int64_t k_rmsnorm_bwd_partial_floats(int64_t rows, int dim)
     return rms_chunks(rows) * dim;
 }
 
-extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w,
-                                     const float *d_norm, const float *d_resid, const float *x, const float *w,
-                                     const float *rstd, int64_t rows, int dim, float *partial, cudaStream_t s)
+template <typename DY>
+static cudaError_t rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w, const DY *d_norm,
+                               const float *d_resid, const float *x, const float *w, const float *rstd, int64_t rows,
+                               int dim, float *partial, cudaStream_t s)
 {
     if (rows <= 0 || dim <= 0)
         return cudaSuccess;
@@ -441,8 +442,8 @@ extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 
     float *part = d_w ? partial : nullptr;
     cudaError_t err = cudaSuccess;
 #define LAUNCH(G, UPL)                                                                                                 \
-    rms_bwd_kernel<G, UPL><<<(unsigned)n_chunks, T, 0, s>>>(d_out, d_out_bf16, norm_regen, d_norm, d_resid, x, w,    \
-                                                            rstd, rows, dim, chunk_rows, part, vec)
+    rms_bwd_kernel<G, UPL, DY><<<(unsigned)n_chunks, T, 0, s>>>(d_out, d_out_bf16, norm_regen, d_norm, d_resid, x, w,\
+                                                                rstd, rows, dim, chunk_rows, part, vec)
     KB_ROW_DISPATCH(dim, err, LAUNCH);
 #undef LAUNCH
     if (err != cudaSuccess)
@@ -453,6 +454,21 @@ extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 
         return err;
     chunk_colsum_kernel<<<(unsigned)((dim + 31) / 32), dim3(32, 32), 0, s>>>(d_w, partial, n_chunks, dim);
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_rmsnorm_bwd(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w,
+                                     const float *d_norm, const float *d_resid, const float *x, const float *w,
+                                     const float *rstd, int64_t rows, int dim, float *partial, cudaStream_t s)
+{
+    return rmsnorm_bwd(d_out, d_out_bf16, norm_regen, d_w, d_norm, d_resid, x, w, rstd, rows, dim, partial, s);
+}
+
+extern "C" cudaError_t k_rmsnorm_bwd_bf16(float *d_out, gp_bf16 *d_out_bf16, gp_bf16 *norm_regen, float *d_w,
+                                          const gp_bf16 *d_norm, const float *d_resid, const float *x,
+                                          const float *w, const float *rstd, int64_t rows, int dim, float *partial,
+                                          cudaStream_t s)
+{
+    return rmsnorm_bwd(d_out, d_out_bf16, norm_regen, d_w, d_norm, d_resid, x, w, rstd, rows, dim, partial, s);
 }
 
 static cudaError_t l2norm_fwd(float *out_f32, gp_bf16 *out_bf16, float *norm, const float *x, const int32_t *ids,

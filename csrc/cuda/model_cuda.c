@@ -81,8 +81,8 @@ struct cuda_model {
     gp_bf16 *r_in16, *r1_16, *dz16, *d_z1_16;
     float *r_in;
     /* backward trunk */
-    float *d_hp, *d_post, *d_hf, *d_x, *d_h, *d_n, *d_pn, *d_x0, *norm_partial;
-    gp_bf16 *d_post16, *d_x16, *d_h16, *d_g16, *d_ab16, *d_att16, *d_qkv16;
+    float *d_hp, *d_post, *d_hf, *d_x, *d_h, *d_pn, *d_x0, *norm_partial;
+    gp_bf16 *d_post16, *d_n16, *d_x16, *d_h16, *d_g16, *d_ab16, *d_att16, *d_qkv16;
     /* ranking */
     float *rank_table, *rank_norm, *rank_scores, *rank_target_score, *rank_tmp;
     gp_bf16 *rank_table16, *rank_query16, *rank_target16;
@@ -260,7 +260,7 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_hf = carve(base, &c, F32((T + head_scratch_rows(m)) * D));
     m->d_x = carve(base, &c, F32(T * D));
     m->d_h = carve(base, &c, F32(T * D));
-    m->d_n = carve(base, &c, F32(T * D));
+    m->d_n16 = carve(base, &c, B16(T * D)); /* a block norm's output gradient: bf16, as autocast's */
     m->d_pn = carve(base, &c, F32(T * E));
     m->d_x0 = carve(base, &c, F32(T * E));
     m->d_x16 = carve(base, &c, B16(T * D));
@@ -1259,21 +1259,20 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
          * recomputed from their inputs */
         if (m->opts.recompute_blocks && li < m->L - 1 && block_forward(m, li, T, 1, e) != 0)
             return -1;
-        /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2). The shared g holds this block's
-         * swiglu output only for the last block, or after recompute_blocks' forward again;
-         * otherwise k_swiglu_bwd writes it back before the W2 weight gradient reads it. */
+        /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2). The shared g and n hold this block's
+         * swiglu output and n2 only for the last block, or after recompute_blocks' forward again;
+         * otherwise k_swiglu_bwd and the norm backward write them back before the weight
+         * gradients read them. */
         const int g_current = li == m->L - 1 || m->opts.recompute_blocks;
         if (gemm_linear_dgrad(m->gemm, m->d_g16, GEMM_BF16, 0.0f, m->d_x16, m->P16 + o->w2, T, F, D, s, e) != 0)
             return -1;
         CU(k_swiglu_bwd(m->d_ab16, g_current ? NULL : a->g, m->d_g16, a->ab, T, F, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->w2, m->d_x16, a->g, T, F, D, s, e) != 0)
             return -1;
-        /* the norm backward writes n2 back into the shared buffer before the W1|W3 weight
-         * gradient reads it */
-        if (gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
+        if (gemm_linear_dgrad(m->gemm, m->d_n16, GEMM_BF16, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
             return -1;
-        CU(k_rmsnorm_bwd(m->d_h, m->d_h16, a->n2, m->G + o->ffn_norm, m->d_n, m->d_x, a->h, m->P + o->ffn_norm,
-                         a->rstd2, T, D, m->norm_partial, s));
+        CU(k_rmsnorm_bwd_bf16(m->d_h, m->d_h16, g_current ? NULL : a->n2, m->G + o->ffn_norm, m->d_n16, m->d_x, a->h,
+                              m->P + o->ffn_norm, a->rstd2, T, D, m->norm_partial, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->w13, m->d_ab16, a->n2, T, D, 2 * F, s, e) != 0)
             return -1;
         /* attention: h = x + Wo attn(rope(q), rope(k), v) */
@@ -1296,10 +1295,11 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
                                        m->B_cur, H, hd, c->causal, s));
         if (!rope_in_attention)
             CU(k_rope_qk(m->d_qkv16, md->tok_pos, T, H, hd, c->rope_theta, 1, s));
-        if (gemm_linear_dgrad(m->gemm, m->d_n, GEMM_F32, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) != 0)
+        if (gemm_linear_dgrad(m->gemm, m->d_n16, GEMM_BF16, 0.0f, m->d_qkv16, m->P16 + o->wqkv, T, D, 3 * D, s, e) !=
+            0)
             return -1;
-        CU(k_rmsnorm_bwd(m->d_x, m->d_x16, a->n1, m->G + o->attn_norm, m->d_n, m->d_h, a->x, m->P + o->attn_norm,
-                         a->rstd1, T, D, m->norm_partial, s));
+        CU(k_rmsnorm_bwd_bf16(m->d_x, m->d_x16, a->n1, m->G + o->attn_norm, m->d_n16, m->d_h, a->x,
+                              m->P + o->attn_norm, a->rstd1, T, D, m->norm_partial, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->wqkv, m->d_qkv16, a->n1, T, D, 3 * D, s, e) != 0)
             return -1;
         if (m->sync_now) {

@@ -640,11 +640,52 @@ TEST(kb_rmsnorm_bwd)
                 CHECK_REL(g_outb, want, n, TOL_BF16, "rmsnorm_bwd d_x bf16");
                 /* without d_w and without the bf16 copy */
                 if (mode == 0) {
-                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_out, NULL, NULL, NULL, d_dy, d_res, d_x, d_w, d_rstd, rows, dim, NULL,
-                                                 0));
+                    KERNEL_REQUIRE(
+                        k_rmsnorm_bwd(d_out, NULL, NULL, NULL, d_dy, d_res, d_x, d_w, d_rstd, rows, dim, NULL, 0));
                     float *g2 = download_f32(d_out, n);
                     CHECK(same_bits(g2, g_out, (size_t)n * 4), "rmsnorm_bwd without d_w differs");
                     free(g2);
+                }
+                /* a bf16 d_norm (the blocks' call): the bits of the fp32 call on the same values */
+                if (mode != 1) {
+                    float *dyr = host_f32(n);
+                    memcpy(dyr, dy, (size_t)n * 4);
+                    round_bf16(dyr, n);
+                    uint16_t *dyb = to_bf16(dyr, n);
+                    float *d_dyr = gpu_upload(dyr, (size_t)n * 4), *d_o1 = gpu_alloc((size_t)n * 4),
+                          *d_o2 = gpu_alloc((size_t)n * 4), *d_dw1 = gpu_upload(dw0, (size_t)dim * 4),
+                          *d_dw2 = gpu_upload(dw0, (size_t)dim * 4);
+                    uint16_t *d_dyb = gpu_upload(dyb, (size_t)n * 2), *d_b1 = gpu_alloc((size_t)n * 2),
+                             *d_b2 = gpu_alloc((size_t)n * 2);
+                    REQUIRE(d_dyr && d_o1 && d_o2 && d_dw1 && d_dw2 && d_dyb && d_b1 && d_b2);
+                    const float *res = mode == 2 ? NULL : d_res;
+                    KERNEL_REQUIRE(k_rmsnorm_bwd(d_o1, d_b1, NULL, d_dw1, d_dyr, res, d_x, d_w, d_rstd, rows, dim,
+                                                 d_part, 0));
+                    KERNEL_REQUIRE(k_rmsnorm_bwd_bf16(d_o2, d_b2, NULL, d_dw2, d_dyb, res, d_x, d_w, d_rstd, rows,
+                                                      dim, d_part, 0));
+                    float *o1 = download_f32(d_o1, n), *o2 = download_f32(d_o2, n);
+                    float *w1 = download_f32(d_dw1, dim), *w2 = download_f32(d_dw2, dim);
+                    uint16_t *b1 = download_u16(d_b1, n), *b2 = download_u16(d_b2, n);
+                    CHECK(same_bits(o1, o2, (size_t)n * 4) && same_bits(w1, w2, (size_t)dim * 4) &&
+                              memcmp(b1, b2, (size_t)n * 2) == 0,
+                          "rows %lld dim %d mode %d: k_rmsnorm_bwd_bf16 differs from k_rmsnorm_bwd on the same values",
+                          (long long)rows, dim, mode);
+                    free(b2);
+                    free(b1);
+                    free(w2);
+                    free(w1);
+                    free(o2);
+                    free(o1);
+                    cudaFree(d_b2);
+                    cudaFree(d_b1);
+                    cudaFree(d_dyb);
+                    cudaFree(d_dw2);
+                    cudaFree(d_dw1);
+                    cudaFree(d_o2);
+                    cudaFree(d_o1);
+                    cudaFree(d_dyr);
+                    free(dyb);
+                    free(dyr);
                 }
                 /* the model's use: the forward's norm output regenerated from its saved sum and
                  * rstd, bit for bit, with d_x unchanged */
