@@ -13,7 +13,11 @@
 #include "cuda/grad_sync.h"
 #include "kernels.h"
 
-#define LOGIT_CHUNK_BYTES ((size_t)512 << 20) /* logits of one chunk of sequences, at most */
+/* Logits of one chunk of sequences (fp32 logits + bf16 gradient), at most: at 128 MiB the GEMMs
+ * of a chunk are still large (at L4H64A4, 110 sequences x 200 rows x 1008 padded categories),
+ * and the buffer costs a quarter of what 512 MiB did. */
+#define LOGIT_CHUNK_BYTES ((size_t)128 << 20)
+#define RANK_CHUNK_BYTES ((size_t)512 << 20) /* ranking scores of one chunk of the catalogue, at most */
 #define GEMM_WORKSPACE ((size_t)32 << 20)
 #define SYNC_BUCKET_ELEMS ((int64_t)4 << 20) /* blocks are all-reduced in buckets of at least 16 MB */
 
@@ -138,12 +142,12 @@ static size_t logits_width(const cuda_model *m)
     return w;
 }
 
-/* A buffer only the item and category heads use: none when they are off (a NULL pointer, so a
- * stray use faults instead of aliasing the next buffer). */
 /* The negatives' bf16 gradient goes straight into the L2 scatter; otherwise (no L2
  * normalisation, or a row width it does not take) through an fp32 copy and the per-row path. */
 static int neg_scatter_l2(const cuda_model *m) { return m->c.l2_norm && k_scatter_add_rows_l2bwd_supported(m->E); }
 
+/* A buffer only the item and category heads use: none when they are off (a NULL pointer, so a
+ * stray use faults instead of aliasing the next buffer). */
 static void *carve_if(int on, char *base, size_t *cursor, size_t bytes)
 {
     return on && bytes ? carve(base, cursor, bytes) : NULL;
@@ -155,9 +159,12 @@ static size_t plan_activations(cuda_model *m, char *base)
     const size_t T = (size_t)m->T, B = (size_t)m->B, S = (size_t)m->S, D = (size_t)m->D, E = (size_t)m->E;
     const size_t F = (size_t)m->F, H = (size_t)m->H, N = (size_t)m->N, BS = B * S, BN = B * N;
     const size_t C = (size_t)m->C, Cp = (size_t)m->Cpad;
-    m->x0 = carve(base, &c, F32(T * E));
-    m->pn16 = carve(base, &c, B16(T * E));
-    m->pre_rstd = carve(base, &c, F32(T));
+    /* the pre/post projectors' buffers only where emb_dim != dim (none of the paper's sizes):
+     * about 34 E bytes a token, 0.8 GiB at L4H64A4 finetuning */
+    const int proj = m->c.projected;
+    m->x0 = carve_if(proj, base, &c, F32(T * E));
+    m->pn16 = carve_if(proj, base, &c, B16(T * E));
+    m->pre_rstd = carve_if(proj, base, &c, F32(T));
     for (int l = 0; l <= m->L; l++)
         m->xs[l] = carve(base, &c, F32(T * D));
     /* recompute_blocks: one set of block activations, shared by every block (each recomputed
@@ -198,10 +205,10 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->hf16 = carve(base, &c, B16(T * D));
     m->rstd_f = carve(base, &c, F32(T));
     m->hf = carve(base, &c, F32(T * D));
-    m->post_lin_out = carve(base, &c, F32(T * E));
-    m->post_rstd = carve(base, &c, F32(T));
-    m->hp16 = carve(base, &c, B16(T * E));
-    m->hp = carve(base, &c, F32(T * E));
+    m->post_lin_out = carve_if(proj, base, &c, F32(T * E));
+    m->post_rstd = carve_if(proj, base, &c, F32(T));
+    m->hp16 = carve_if(proj, base, &c, B16(T * E));
+    m->hp = carve_if(proj, base, &c, F32(T * E));
     /* heads on the padded [B][S] grid. Finetuning runs neither the item nor the category head:
      * at L4H64A4's batch 2048 their buffers would be 1.4 GiB. Hg, Hn and Hnorm keep B rows for
      * the ranking queries of rank_targets. */
@@ -254,21 +261,24 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->d_r_in = carve(base, &c, F32(B * D));
     /* backward trunk; d_hp/d_hf have one scratch row per padded head slot after the T real rows
      * (head_scratch_rows: none without the heads) */
-    m->d_hp = carve(base, &c, F32((T + head_scratch_rows(m)) * E));
-    m->d_post = carve(base, &c, F32(T * E));
-    m->d_post16 = carve(base, &c, B16(T * E));
+    m->d_hp = carve_if(proj, base, &c, F32((T + head_scratch_rows(m)) * E));
+    m->d_post = carve_if(proj, base, &c, F32(T * E));
+    m->d_post16 = carve_if(proj, base, &c, B16(T * E));
     m->d_hf = carve(base, &c, F32((T + head_scratch_rows(m)) * D));
     m->d_x = carve(base, &c, F32(T * D));
     m->d_h = carve(base, &c, F32(T * D));
     m->d_n16 = carve(base, &c, B16(T * D)); /* a block norm's output gradient: bf16, as autocast's */
-    m->d_pn = carve(base, &c, F32(T * E));
-    m->d_x0 = carve(base, &c, F32(T * E));
+    m->d_pn = carve_if(proj, base, &c, F32(T * E));
+    m->d_x0 = carve_if(proj, base, &c, F32(T * E));
     m->d_x16 = carve(base, &c, B16(T * D));
     m->d_h16 = carve(base, &c, B16(T * D));
-    m->d_g16 = carve(base, &c, B16(T * F));
-    m->d_ab16 = carve(base, &c, B16(T * 2 * F));
-    m->d_att16 = carve(base, &c, B16(T * D));
-    m->d_qkv16 = carve(base, &c, B16(T * 3 * D));
+    /* A block's backward uses d_g16 then d_ab16 (the feed-forward), then d_att16 then d_qkv16
+     * (attention); d_ab16 is dead before d_qkv16 is written, d_g16 before d_att16, so each pair
+     * shares one buffer. */
+    gp_bf16 *ffn_or_qkv = carve(base, &c, B16(T * GP_MAX(2 * F, 3 * D)));
+    gp_bf16 *g_or_att = carve(base, &c, B16(T * GP_MAX(F, D)));
+    m->d_ab16 = m->d_qkv16 = ffn_or_qkv;
+    m->d_g16 = m->d_att16 = g_or_att;
     int64_t partial = k_rmsnorm_bwd_partial_floats((int64_t)T, (int)(D > E ? D : E));
     m->norm_partial = carve(base, &c, F32((size_t)partial));
     return c;
@@ -1520,8 +1530,8 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
         return -1;
     const int Bc = m->B_cur;
     if (!m->rank_table) {
-        /* Scores of a chunk of the catalogue for every query, at most LOGIT_CHUNK_BYTES. */
-        m->rank_chunk = GP_MAX((int64_t)1024, (int64_t)(LOGIT_CHUNK_BYTES / ((size_t)m->B * sizeof(float))));
+        /* Scores of a chunk of the catalogue for every query, at most RANK_CHUNK_BYTES. */
+        m->rank_chunk = GP_MAX((int64_t)1024, (int64_t)(RANK_CHUNK_BYTES / ((size_t)m->B * sizeof(float))));
         m->rank_chunk = GP_MIN(m->rank_chunk, (V + 7) & ~(int64_t)7);
         if (dev_alloc(m, (void **)&m->rank_table, F32((size_t)V * E), "the normalised item table", e) ||
             dev_alloc(m, (void **)&m->rank_norm, F32((size_t)V), "item norms", e) ||
