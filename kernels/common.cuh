@@ -192,6 +192,20 @@ __device__ __forceinline__ void ld4(f4 &o, const float *p, int n, bool vec)
     }
 }
 
+template <bool Ro = true>
+__device__ __forceinline__ void ld4(f4 &o, const uint16_t *p, int n, bool vec)
+{
+    if (vec) {
+        const uint2 a = Ro ? __ldg(reinterpret_cast<const uint2 *>(p)) : *reinterpret_cast<const uint2 *>(p);
+        o.v[0] = __uint_as_float(a.x << 16), o.v[1] = __uint_as_float(a.x & 0xffff0000u);
+        o.v[2] = __uint_as_float(a.y << 16), o.v[3] = __uint_as_float(a.y & 0xffff0000u);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            o.v[k] = k < n ? bf2f(Ro ? __ldg(reinterpret_cast<const unsigned short *>(p) + k) : p[k]) : 0.f;
+    }
+}
+
 __device__ __forceinline__ void st4(float *p, const f4 &x, int n, bool vec)
 {
     if (vec) {

@@ -1,5 +1,6 @@
-/* embedding.cu: row gathers (k_embed_fwd, k_gather_rows), the deterministic scatter-add of row
- * gradients (k_scatter_plan_init, k_scatter_add_rows) and k_add_rows.
+/* embedding.cu: row gathers (k_embed_fwd, k_gather_rows, k_gather_rows_bf16), the deterministic
+ * scatter-add of row gradients (k_scatter_plan_init, k_scatter_add_rows, k_scatter_add_rows_l2bwd)
+ * and k_add_rows.
  *
  * Gathers: a persistent grid-stride loop over (row, quad of 4 elements) pairs, so consecutive
  * threads read and write consecutive 16-byte pieces (8 bytes for bf16) and small rows still fill
@@ -54,8 +55,9 @@ __global__ void __launch_bounds__(kb::THREADS)
     }
 }
 
+template <typename Tab>
 __global__ void __launch_bounds__(kb::THREADS)
-    gather_rows_kernel(float *out_f32, uint16_t *out_bf16, const float *table, const int32_t *ids, int64_t rows,
+    gather_rows_kernel(float *out_f32, uint16_t *out_bf16, const Tab *table, const int32_t *ids, int64_t rows,
                        int dim, bool vec)
 {
     const int qpr = (dim + 3) / 4;
@@ -587,8 +589,22 @@ extern "C" cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const fl
         return cudaSuccess;
     bool vec = dim % 4 == 0 && kb::aligned16(table) && kb::aligned16(out_f32) && kb::aligned8(out_bf16);
     int64_t work = rows * ((dim + 3) / 4);
-    gather_rows_kernel<<<kb::grid_for(gather_rows_kernel, work, kb::THREADS), kb::THREADS, 0, s>>>(
+    gather_rows_kernel<float><<<kb::grid_for(gather_rows_kernel<float>, work, kb::THREADS), kb::THREADS, 0, s>>>(
         out_f32, out_bf16, table, ids, rows, dim, vec);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_gather_rows_bf16(float *out_f32, gp_bf16 *out_bf16, const gp_bf16 *table, const int32_t *ids,
+                                          int64_t rows, int dim, cudaStream_t s)
+{
+    if (rows <= 0 || dim <= 0 || (!out_f32 && !out_bf16))
+        return cudaSuccess;
+    bool vec = dim % 4 == 0 && kb::aligned8(table) && kb::aligned16(out_f32) && kb::aligned8(out_bf16);
+    int64_t work = rows * ((dim + 3) / 4);
+    gather_rows_kernel<uint16_t>
+        <<<kb::grid_for(gather_rows_kernel<uint16_t>, work, kb::THREADS), kb::THREADS, 0, s>>>(out_f32, out_bf16,
+                                                                                             table, ids, rows, dim,
+                                                                                             vec);
     return cudaGetLastError();
 }
 

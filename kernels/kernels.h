@@ -44,6 +44,9 @@ cudaError_t k_embed_fwd(float *out_f32, gp_bf16 *out_bf16, const float *item, co
 /* out[r] = table[ids[r]] (fp32 table) as fp32 (out_f32) and/or bf16 (out_bf16). */
 cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table, const int32_t *ids, int64_t rows,
                           int dim, cudaStream_t s);
+/* The same from a bf16 table (fp32 out is the exact widening, bf16 out a copy). */
+cudaError_t k_gather_rows_bf16(float *out_f32, gp_bf16 *out_bf16, const gp_bf16 *table, const int32_t *ids,
+                               int64_t rows, int dim, cudaStream_t s);
 
 /* Deterministic scatter-add of row gradients: table_grad[ids[r]] += src[r] for r < rows, rows
  * whose id is outside [0, n_ids) or has freeze_mask[id] != 0 skipped (freeze_mask may be NULL). The rows of one id are

@@ -74,7 +74,7 @@ struct cuda_model {
     double *d_sumsq, *d_scratch, *d_sums;
     /* activations */
     void *act;
-    float *x0, *pre_rstd, **xs, *rstd_f, *hf, *post_lin_out, *post_rstd, *hp;
+    float *x0, *pre_rstd, **xs, *rstd_f, *post_lin_out, *post_rstd;
     gp_bf16 *pn16, *o16, *f16, *hf16, *hp16;
     cu_layer *layer;
     /* heads */
@@ -204,11 +204,9 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->f16 = carve(base, &c, B16(T * D));
     m->hf16 = carve(base, &c, B16(T * D));
     m->rstd_f = carve(base, &c, F32(T));
-    m->hf = carve(base, &c, F32(T * D));
     m->post_lin_out = carve_if(proj, base, &c, F32(T * E));
     m->post_rstd = carve_if(proj, base, &c, F32(T));
     m->hp16 = carve_if(proj, base, &c, B16(T * E));
-    m->hp = carve_if(proj, base, &c, F32(T * E));
     /* heads on the padded [B][S] grid. Finetuning runs neither the item nor the category head:
      * at L4H64A4's batch 2048 their buffers would be 1.4 GiB. Hg, Hn and Hnorm keep B rows for
      * the ranking queries of rank_targets. */
@@ -1002,13 +1000,11 @@ static int forward_trunk(cuda_model *m, int T, gp_err *e)
     else
         CU(k_residual_rmsnorm_fwd(m->xs[m->L], m->hf16, m->rstd_f, m->layer[m->L - 1].h, m->f16, m->P + m->final_norm,
                                   T, D, c->norm_eps, s));
-    CU(k_bf16_to_f32(m->hf, m->hf16, (int64_t)T * D, s));
     if (c->projected) {
         if (gemm_linear_fwd(m->gemm, m->post_lin_out, GEMM_F32, m->hf16, m->P16 + m->post_lin, T, D, E, s, e) != 0)
             return -1;
         CU(k_residual_rmsnorm_fwd(NULL, m->hp16, m->post_rstd, m->post_lin_out, NULL, m->P + m->post_norm, T, E,
                                   c->proj_eps, s));
-        CU(k_bf16_to_f32(m->hp, m->hp16, (int64_t)T * E, s));
     }
     return 0;
 fail:
@@ -1108,8 +1104,8 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
     const int item_on = c->w_item > 0 && bs->P_item > 0, cate_on = c->w_cate > 0 && bs->P_cate > 0;
     if (!item_on && !cate_on)
         return 0;
-    const float *hp = c->projected ? m->hp : m->hf;
-    CU(k_gather_rows(m->Hg, NULL, hp, md->src_rows, BS, E, s));
+    const gp_bf16 *hp = c->projected ? m->hp16 : m->hf16; /* the heads read the bf16 trunk output */
+    CU(k_gather_rows_bf16(m->Hg, NULL, hp, md->src_rows, BS, E, s));
     if (normalise(m, m->Hn, m->Hn16, m->Hnorm, m->Hg, BS, e) != 0)
         return -1;
     if (backward)
@@ -1203,7 +1199,7 @@ static int rank_head(cuda_model *m, const batch_shape *bs, float grad_scale, int
     const cu_meta *md = &m->md;
     cudaStream_t s = m->stream;
     const int D = m->D, Bc = m->B_cur;
-    CU(k_gather_rows(NULL, m->r_in16, m->hf, md->rank_rows, Bc, D, s));
+    CU(k_gather_rows_bf16(NULL, m->r_in16, m->hf16, md->rank_rows, Bc, D, s));
     if (gemm_linear_fwd(m->gemm, m->z1, GEMM_F32, m->r_in16, m->P16 + m->r_w1, Bc, D, 4 * D, s, e) != 0)
         return -1;
     CU(k_bias_relu_fwd(m->r1_16, m->z1, m->P + m->r_b1, Bc, 4 * D, s));
@@ -1544,10 +1540,10 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
             dev_alloc(m, (void **)&m->rank_count, sizeof(int64_t) * (size_t)m->B, "rank counts", e))
             return -1;
     }
-    const float *hp = c->projected ? m->hp : m->hf;
+    const gp_bf16 *hp = c->projected ? m->hp16 : m->hf16;
     if (normalise(m, m->rank_table, m->rank_table16, m->rank_norm, m->item, V, e) != 0)
         return -1;
-    CU(k_gather_rows(m->Hg, NULL, hp, m->md.query_rows, Bc, E, s));
+    CU(k_gather_rows_bf16(m->Hg, NULL, hp, m->md.query_rows, Bc, E, s));
     if (normalise(m, m->Hn, m->rank_query16, m->Hnorm, m->Hg, Bc, e) != 0)
         return -1;
     /* The target's own score from the same bf16 operands as the catalogue scores. */

@@ -189,6 +189,26 @@ TEST(kb_embed_fwd_and_gather)
             CHECK_REL(gotb, want_g, rows * dim, TOL_BF16, "gather_rows bf16");
             free(got);
             free(gotb);
+            /* gather from a bf16 table: exactly its values, widened to fp32 or copied */
+            {
+                float *item_r = host_f32((int64_t)n_item * dim);
+                memcpy(item_r, item, (size_t)n_item * dim * 4);
+                round_bf16(item_r, (int64_t)n_item * dim);
+                uint16_t *item_b = to_bf16(item_r, (int64_t)n_item * dim);
+                uint16_t *d_item_b = gpu_upload(item_b, (size_t)n_item * dim * 2);
+                REQUIRE(d_item_b);
+                KERNEL_REQUIRE(k_gather_rows_bf16(d_out2, d_outb2, d_item_b, d_ti, rows, dim, 0));
+                got = download_f32(d_out2, rows * dim);
+                gotb = download_bf16(d_outb2, rows * dim);
+                CHECK(same_bits(got, want_g, (size_t)(rows * dim) * 4) &&
+                          same_bits(gotb, want_g, (size_t)(rows * dim) * 4),
+                      "gather_rows_bf16 rows=%lld dim=%d: not exact", (long long)rows, dim);
+                free(got);
+                free(gotb);
+                cudaFree(d_item_b);
+                free(item_b);
+                free(item_r);
+            }
             cudaFree(d_outb2);
             cudaFree(d_outb);
             cudaFree(d_out2);
