@@ -79,7 +79,7 @@ struct cuda_model {
     cu_layer *layer;
     /* heads */
     float *Hg, *Hn, *Hnorm, *Le, *Ln, *Lnorm, *pos_logit, *d_pos, *Nnorm, *logits, *row_loss, *row_loss_c;
-    gp_bf16 *Hn16, *Nn16, *dlog16, *Cn16, *d_Nn16, *Tn16;
+    gp_bf16 *Hn16, *Nn16, *dlog16, *Cn16, *d_Nn16;
     float *d_Hn, *d_H, *d_Ln, *d_Le, *d_Nn, *Cn, *Cnorm, *d_Cn, *d_Cn_pre;
     float *z1, *z, *prob, *r_loss, *dz, *d_r1, *d_r_in;
     gp_bf16 *r_in16, *r1_16, *dz16, *d_z1_16;
@@ -145,15 +145,6 @@ static size_t logits_width(const cuda_model *m)
 /* The negatives' bf16 gradient goes straight into the L2 scatter; otherwise (no L2
  * normalisation, or a row width it does not take) through an fp32 copy and the per-row path. */
 static int neg_scatter_l2(const cuda_model *m) { return m->c.l2_norm && k_scatter_add_rows_l2bwd_supported(m->E); }
-
-/* The negatives are gathered from the item table normalised once into bf16 (the same bits per
- * row) where that table is small against the gathered rows: at L4H256A4, 100K rows against
- * 2.1M, a 51 MB table that mostly stays in L2, where the per-row normalisation read 2.1M random
- * fp32 rows from a 102 MB one. Their norms are then not kept, so only with the L2 scatter. */
-static int neg_from_normed_table(const cuda_model *m)
-{
-    return m->N > 0 && neg_scatter_l2(m) && m->c.n_items <= (int64_t)m->B * m->N / 4;
-}
 
 /* A buffer only the item and category heads use: none when they are off (a NULL pointer, so a
  * stray use faults instead of aliasing the next buffer). */
@@ -230,10 +221,8 @@ static size_t plan_activations(cuda_model *m, char *base)
     m->Lnorm = carve_if(heads, base, &c, F32(BS));
     m->pos_logit = carve_if(heads, base, &c, F32(BS));
     m->d_pos = carve_if(heads, base, &c, F32(BS));
-    const int normed_table = neg_from_normed_table(m);
-    m->Nnorm = carve_if(!normed_table, base, &c, F32(BN));
+    m->Nnorm = carve(base, &c, F32(BN));
     m->Nn16 = carve(base, &c, B16(BN * E));
-    m->Tn16 = carve_if(normed_table, base, &c, B16((size_t)m->c.n_items * E));
     const size_t width = logits_width(m);
     m->logits = carve_if(heads, base, &c, F32((size_t)m->chunk * S * width));
     m->dlog16 = carve_if(heads, base, &c, B16((size_t)m->chunk * S * width));
@@ -1126,10 +1115,7 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
         if (normalise(m, m->Ln, NULL, m->Lnorm, m->Le, BS, e) != 0)
             return -1;
         CU(k_row_dot(m->pos_logit, m->Hn, m->Ln, BS, E, inv_temp, s));
-        if (m->Tn16) {
-            CU(k_l2norm_fwd(NULL, m->Tn16, NULL, m->item, c->n_items, E, c->l2_eps, s));
-            CU(k_gather_rows_bf16(NULL, m->Nn16, m->Tn16, md->neg_row, BN, E, s));
-        } else if (c->l2_norm)
+        if (c->l2_norm)
             CU(k_l2norm_fwd_rows(NULL, m->Nn16, m->Nnorm, m->item, md->neg_row, BN, E, c->l2_eps, s));
         else
             CU(k_gather_rows(NULL, m->Nn16, m->item, md->neg_row, BN, E, s));
