@@ -149,10 +149,7 @@ int main(int argc, char **argv)
         free_min = free0;
     }
 #endif
-    backend_opts bo = {.max_batch = (int)s.batch_size, .freeze_sparse = s.freeze_sparse, .threads = (int)s.threads,
-                       .attention_kernel = s.attention_kernel,
-                       .sampled_softmax_kernel = s.sampled_softmax_kernel,
-                       .recompute_blocks = s.recompute_blocks};
+    backend_opts bo = backend_opts_from_settings(&s, (int)s.batch_size);
     backend *be = backend_create(s.device, &ml, &bo, &e);
     if (!be)
         goto fail;

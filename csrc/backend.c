@@ -2,9 +2,24 @@
 
 #include <stdlib.h>
 
+#include "settings.h"
+
 #ifdef GPSDREC_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
+
+backend_opts backend_opts_from_settings(const gp_settings *s, int max_batch)
+{
+    backend_opts o = {.max_batch = max_batch,
+                      .freeze_sparse = s->freeze_sparse,
+                      .threads = (int)s->threads,
+                      .dist_item_grads = s->dist_item_grads,
+                      .attention_kernel = s->attention_kernel,
+                      .recompute_blocks = s->recompute_blocks,
+                      .recompute_ffn = s->recompute_ffn,
+                      .sampled_softmax_kernel = s->sampled_softmax_kernel};
+    return o;
+}
 
 int backend_cuda_compiled(void)
 {

@@ -66,10 +66,8 @@ static int load_model(loaded_model *m, const char *ckpt, const cfg_list *l, gp_e
     if (rc == 0)
         rc = model_layout_build(&m->layout, &mc, e);
     if (rc == 0) {
-        backend_opts bo = {.max_batch = (int)m->s.eval_batch_size, .freeze_sparse = 1, .threads = (int)m->s.threads,
-                           .attention_kernel = m->s.attention_kernel,
-                           .sampled_softmax_kernel = m->s.sampled_softmax_kernel,
-                           .recompute_blocks = m->s.recompute_blocks};
+        backend_opts bo = backend_opts_from_settings(&m->s, (int)m->s.eval_batch_size);
+        bo.freeze_sparse = 1;
         m->be = backend_create(m->s.device, &m->layout, &bo, e);
         rc = m->be ? 0 : -1;
     }

@@ -239,11 +239,8 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
      * batch asked 151 GiB for L12H768A12 at eval_batch_size 2048 (about 10x its training need). */
     int max_batch = my_B;
     r.micro_batch = my_B;
-    backend_opts bo = {.max_batch = max_batch, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads,
-                       .dist = dist, .dist_item_grads = s->dist_item_grads,
-                       .attention_kernel = s->attention_kernel,
-                       .sampled_softmax_kernel = s->sampled_softmax_kernel,
-                       .recompute_blocks = s->recompute_blocks};
+    backend_opts bo = backend_opts_from_settings(s, max_batch);
+    bo.dist = dist;
     r.be = backend_create(s->device, &r.layout, &bo, e);
     if (!r.be)
         goto done;

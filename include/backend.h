@@ -43,6 +43,7 @@ typedef struct {
     int dist_item_grads; /* DIST_ITEM_AUTO / ROWS / DENSE (settings.h) */
     int attention_kernel; /* ATTN_KERNEL_AUTO / OWN / CUDNN (settings.h); CUDA backend only */
     int recompute_blocks; /* keep only block inputs, recompute each block before its backward; CUDA only */
+    int recompute_ffn; /* one gate/up product for all blocks, recomputed before each FFN backward; CUDA only */
     int sampled_softmax_kernel; /* SOFTMAX_KERNEL_AUTO / FUSED / GEMM (settings.h); CUDA backend only */
 } backend_opts;
 
@@ -93,6 +94,10 @@ struct backend {
 
 /* device: DEVICE_AUTO picks cuda when this build has it and a GPU is visible, else cpu. */
 backend *backend_create(int device, const model_layout *layout, const backend_opts *opts, gp_err *e);
+/* The options a run's settings give (freeze_sparse, threads, the CUDA kernel choices and the
+ * recomputation switches, dist_item_grads); dist is NULL: the caller sets it. */
+struct gp_settings_s;
+backend_opts backend_opts_from_settings(const struct gp_settings_s *s, int max_batch);
 void backend_destroy(backend *b);
 /* Whether this build has the CUDA backend, and whether a GPU is visible now. */
 int backend_cuda_compiled(void);

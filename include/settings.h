@@ -24,7 +24,7 @@ enum { DIST_ITEM_AUTO = 0, DIST_ITEM_ROWS = 1, DIST_ITEM_DENSE = 2 };
 enum { ATTN_KERNEL_AUTO = 0, ATTN_KERNEL_OWN = 1, ATTN_KERNEL_CUDNN = 2 };
 enum { SOFTMAX_KERNEL_AUTO = 0, SOFTMAX_KERNEL_FUSED = 1, SOFTMAX_KERNEL_GEMM = 2 };
 
-typedef struct {
+typedef struct gp_settings_s {
     /* data */
     char data[CFG_STR_MAX];
     int64_t max_history;
@@ -53,6 +53,7 @@ typedef struct {
     int attention_kernel;
     int sampled_softmax_kernel;
     int recompute_blocks;
+    int recompute_ffn;
     int64_t threads;
     /* data parallelism */
     int64_t nproc;

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "config.h"
 #include "settings.h"
 #include "test.h"
@@ -151,6 +152,31 @@ TEST(config_bad_values)
     /* Every value error names the file and the line. */
     resolve_text("dim = 64\nn_layers = lots\n", STAGE_PRETRAIN, &s, &e);
     CHECK(strstr(e.msg, "t.conf:2"), "%s", e.msg);
+}
+
+/* The backend options every command builds from the settings carry each backend setting. */
+TEST(config_backend_opts_follow_settings)
+{
+    gp_err e = {{0}};
+    gp_settings s;
+    REQUIRE(resolve_text("recompute_ffn = true\nattention_kernel = cudnn\nsampled_softmax_kernel = gemm\n"
+                         "freeze_sparse = true\nthreads = 3\n",
+                         STAGE_FINETUNE, &s, &e) == 0,
+            "%s", e.msg);
+    backend_opts o = backend_opts_from_settings(&s, 17);
+    CHECK(o.max_batch == 17 && o.recompute_ffn == 1 && o.recompute_blocks == 0 &&
+              o.attention_kernel == ATTN_KERNEL_CUDNN && o.sampled_softmax_kernel == SOFTMAX_KERNEL_GEMM &&
+              o.freeze_sparse == 1 && o.threads == 3 && o.dist == NULL,
+          "options: batch %d ffn %d blocks %d attention %d softmax %d freeze %d threads %d", o.max_batch,
+          o.recompute_ffn, o.recompute_blocks, o.attention_kernel, o.sampled_softmax_kernel, o.freeze_sparse,
+          o.threads);
+    REQUIRE(resolve_text("recompute_blocks = true\n", STAGE_PRETRAIN, &s, &e) == 0, "%s", e.msg);
+    o = backend_opts_from_settings(&s, 1);
+    CHECK(o.recompute_blocks == 1 && o.recompute_ffn == 0, "recompute_blocks %d, recompute_ffn %d",
+          o.recompute_blocks, o.recompute_ffn);
+    CHECK(resolve_text("recompute_ffn = sometimes\n", STAGE_PRETRAIN, &s, &e) != 0 &&
+              strstr(e.msg, "expected true or false"),
+          "%s", e.msg);
 }
 
 TEST(config_include_errors)

@@ -321,9 +321,7 @@ static int parity_dump(const gp_settings *s, const parity_opts *o, parity_summar
     batch_alloc(&x, (int)s->batch_size, (int)s->max_history, (int)s->n_negatives);
     if (parity_select_batch(s, &ds, o->micro_step, &x, sum, e) != 0)
         goto done;
-    backend_opts bo = {.max_batch = (int)s->batch_size, .freeze_sparse = s->freeze_sparse, .threads = (int)s->threads,
-                       .attention_kernel = s->attention_kernel,
-                       .recompute_blocks = s->recompute_blocks};
+    backend_opts bo = backend_opts_from_settings(s, (int)s->batch_size);
     be = backend_create(s->device, &l, &bo, e);
     if (!be || be->set_params(be, sparse, dense, e) != 0)
         goto done;

@@ -142,6 +142,9 @@ static size_t logits_width(const cuda_model *m)
     return w;
 }
 
+/* Only the gate/up products recomputed (recompute_blocks recomputes everything already). */
+static int recompute_ffn(const cuda_model *m) { return m->opts.recompute_ffn && !m->opts.recompute_blocks; }
+
 /* The negatives' bf16 gradient goes straight into the L2 scatter; otherwise (no L2
  * normalisation, or a row width it does not take) through an fp32 copy and the per-row path. */
 static int neg_scatter_l2(const cuda_model *m) { return m->c.l2_norm && k_scatter_add_rows_l2bwd_supported(m->E); }
@@ -184,7 +187,14 @@ static size_t plan_activations(cuda_model *m, char *base)
         a->lse = carve(base, &c, F32(T * H));
         a->h = carve(base, &c, F32(T * D));
         a->rstd2 = carve(base, &c, F32(T));
-        a->ab = carve(base, &c, B16(T * 2 * F));
+        a->ab = carve_if(!recompute_ffn(m), base, &c, B16(T * 2 * F));
+    }
+    /* recompute_ffn: one gate/up product for all blocks, the forward's for the last block and
+     * recomputed (ffn_recompute) for the others before their backward */
+    if (recompute_ffn(m)) {
+        gp_bf16 *ab_shared = carve_if(m->L > 0, base, &c, B16(T * 2 * F));
+        for (int l = 0; l < m->L; l++)
+            m->layer[l].ab = ab_shared;
     }
     /* One g = swiglu(ab) for all blocks: the forward leaves each block's there only for its W2
      * product, and the backward regenerates it in k_swiglu_bwd (the same bits) for the W2 weight
@@ -977,6 +987,20 @@ fail:
     return -1;
 }
 
+/* recompute_ffn: block li's n2 and gate/up product again, into the shared buffers, from its
+ * stored post-attention sum h: the norm of h with no residual add is the forward's norm of x + o
+ * (the same fp32 values in the same order), and the W1|W3 GEMM has the forward's shape, so both
+ * are the forward's bits. */
+static int ffn_recompute(cuda_model *m, int li, int T, gp_err *e)
+{
+    const cu_layer *a = &m->layer[li];
+    const cu_layer_off *o = &m->lo[li];
+    CU(k_residual_rmsnorm_fwd(NULL, a->n2, NULL, a->h, NULL, m->P + o->ffn_norm, T, m->D, m->c.norm_eps, m->stream));
+    return gemm_linear_fwd(m->gemm, a->ab, GEMM_BF16, a->n2, m->P16 + o->w13, T, m->D, 2 * m->F, m->stream, e);
+fail:
+    return -1;
+}
+
 /* Embeddings, blocks, final norm and output projector. */
 static int forward_trunk(cuda_model *m, int T, gp_err *e)
 {
@@ -1266,10 +1290,13 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
         if (m->opts.recompute_blocks && li < m->L - 1 && block_forward(m, li, T, 1, e) != 0)
             return -1;
         /* feed-forward: x_{li+1} = h + W2 swiglu(W1|W3 n2). The shared g and n hold this block's
-         * swiglu output and n2 only for the last block, or after recompute_blocks' forward again;
-         * otherwise k_swiglu_bwd and the norm backward write them back before the weight
-         * gradients read them. */
+         * swiglu output and n2 only for the last block, or after recompute_blocks' forward again
+         * (n2 also after ffn_recompute); otherwise k_swiglu_bwd and the norm backward write them
+         * back before the weight gradients read them. */
         const int g_current = li == m->L - 1 || m->opts.recompute_blocks;
+        const int n2_current = g_current || recompute_ffn(m);
+        if (!g_current && recompute_ffn(m) && ffn_recompute(m, li, T, e) != 0)
+            return -1;
         if (gemm_linear_dgrad(m->gemm, m->d_g16, GEMM_BF16, 0.0f, m->d_x16, m->P16 + o->w2, T, F, D, s, e) != 0)
             return -1;
         CU(k_swiglu_bwd(m->d_ab16, g_current ? NULL : a->g, m->d_g16, a->ab, T, F, s));
@@ -1277,8 +1304,8 @@ static int backward_blocks(cuda_model *m, int T, gp_err *e)
             return -1;
         if (gemm_linear_dgrad(m->gemm, m->d_n16, GEMM_BF16, 0.0f, m->d_ab16, m->P16 + o->w13, T, D, 2 * F, s, e) != 0)
             return -1;
-        CU(k_rmsnorm_bwd_bf16(m->d_h, m->d_h16, g_current ? NULL : a->n2, m->G + o->ffn_norm, m->d_n16, m->d_x, a->h,
-                              m->P + o->ffn_norm, a->rstd2, T, D, m->norm_partial, s));
+        CU(k_rmsnorm_bwd_bf16(m->d_h, m->d_h16, n2_current ? NULL : a->n2, m->G + o->ffn_norm, m->d_n16, m->d_x,
+                              a->h, m->P + o->ffn_norm, a->rstd2, T, D, m->norm_partial, s));
         if (gemm_linear_wgrad(m->gemm, m->G + o->w13, m->d_ab16, a->n2, T, D, 2 * F, s, e) != 0)
             return -1;
         /* attention: h = x + Wo attn(rope(q), rope(k), v) */

@@ -466,10 +466,11 @@ TEST(gpu_graph_capture_and_replay_match_direct) { graph_case(ATTN_KERNEL_OWN); }
 TEST(gpu_graph_capture_and_replay_match_direct_cudnn) { graph_case(ATTN_KERNEL_CUDNN); }
 
 /* recompute_blocks = true recomputes every block but the last from its stored input before its
- * backward: the same kernels on the same values, so losses, rank outputs and every gradient must
- * equal those of the stored activations to the bit: the full batch launched directly, captured
- * into a CUDA graph (its second time in a row) and replayed (its third), then a smaller batch. */
-static void recompute_case(const rand_case *rc, uint64_t seed, int attention_kernel)
+ * backward, recompute_ffn = true (ffn_only) the gate/up products: the same kernels on the same
+ * values, so losses, rank outputs and every gradient must equal those of the stored activations
+ * to the bit: the full batch launched directly, captured into a CUDA graph (its second time in a
+ * row) and replayed (its third), then a smaller batch. */
+static void recompute_case(const rand_case *rc, uint64_t seed, int attention_kernel, int ffn_only)
 {
     REQUIRE(gpu_present(), "no GPU");
     gp_err e = {{0}};
@@ -482,7 +483,8 @@ static void recompute_case(const rand_case *rc, uint64_t seed, int attention_ker
     random_batch(&x, rc, &r);
     backend_opts stored = {.max_batch = rc->B, .attention_kernel = attention_kernel};
     backend_opts again = stored;
-    again.recompute_blocks = 1;
+    again.recompute_blocks = !ffn_only;
+    again.recompute_ffn = ffn_only;
     backend *g0 = backend_cuda_create(&l, &stored, &e), *g1 = backend_cuda_create(&l, &again, &e);
     REQUIRE(g0 && g1, "%s", e.msg);
     REQUIRE(g0->set_params(g0, sparse, dense, &e) == 0 && g1->set_params(g1, sparse, dense, &e) == 0, "%s", e.msg);
@@ -530,14 +532,24 @@ TEST(gpu_recompute_blocks_matches_stored)
                      .stage = STAGE_PRETRAIN, .items = 500, .cates = 11};
     rand_case fin = {.dim = 64, .layers = 3, .heads = 2, .emb = 32, .S = 40, .B = 20, .N = 0, .causal = 0,
                      .stage = STAGE_FINETUNE, .items = 400, .cates = 9};
-    recompute_case(&pre, 31, ATTN_KERNEL_OWN);
-    recompute_case(&fin, 32, ATTN_KERNEL_OWN);
+    recompute_case(&pre, 31, ATTN_KERNEL_OWN, 0);
+    recompute_case(&fin, 32, ATTN_KERNEL_OWN, 0);
     char why[200];
     cudnn_attn_shape sh = {.n_heads = 4, .head_dim = 16, .max_len = pre.S + 1, .max_seq = pre.B, .causal = 1};
     if (cudnn_attn_supported(&sh, why, sizeof why))
-        recompute_case(&pre, 33, ATTN_KERNEL_CUDNN);
+        recompute_case(&pre, 33, ATTN_KERNEL_CUDNN, 0);
     else
         printf("    (cuDNN attention skipped: %s)\n", why);
+}
+
+TEST(gpu_recompute_ffn_matches_stored)
+{
+    rand_case pre = {.dim = 64, .layers = 3, .heads = 4, .emb = 0, .S = 30, .B = 24, .N = 64, .causal = 1,
+                     .stage = STAGE_PRETRAIN, .items = 500, .cates = 11};
+    rand_case fin = {.dim = 64, .layers = 3, .heads = 2, .emb = 32, .S = 40, .B = 20, .N = 0, .causal = 0,
+                     .stage = STAGE_FINETUNE, .items = 400, .cates = 9};
+    recompute_case(&pre, 34, ATTN_KERNEL_OWN, 1);
+    recompute_case(&fin, 35, ATTN_KERNEL_OWN, 1);
 }
 
 /* The batch metadata is packed by several host threads: one thread and seven (not a divisor of
