@@ -526,12 +526,15 @@ static void recompute_case(const rand_case *rc, uint64_t seed, int attention_ker
     model_layout_free(&l);
 }
 
+/* The two recomputation tests' models: pretraining, and projected bidirectional finetuning. */
+static const rand_case RECOMPUTE_PRE = {.dim = 64, .layers = 3, .heads = 4, .emb = 0, .S = 30, .B = 24, .N = 64,
+                                        .causal = 1, .stage = STAGE_PRETRAIN, .items = 500, .cates = 11};
+static const rand_case RECOMPUTE_FIN = {.dim = 64, .layers = 3, .heads = 2, .emb = 32, .S = 40, .B = 20, .N = 0,
+                                        .causal = 0, .stage = STAGE_FINETUNE, .items = 400, .cates = 9};
+
 TEST(gpu_recompute_blocks_matches_stored)
 {
-    rand_case pre = {.dim = 64, .layers = 3, .heads = 4, .emb = 0, .S = 30, .B = 24, .N = 64, .causal = 1,
-                     .stage = STAGE_PRETRAIN, .items = 500, .cates = 11};
-    rand_case fin = {.dim = 64, .layers = 3, .heads = 2, .emb = 32, .S = 40, .B = 20, .N = 0, .causal = 0,
-                     .stage = STAGE_FINETUNE, .items = 400, .cates = 9};
+    const rand_case pre = RECOMPUTE_PRE, fin = RECOMPUTE_FIN;
     recompute_case(&pre, 31, ATTN_KERNEL_OWN, 0);
     recompute_case(&fin, 32, ATTN_KERNEL_OWN, 0);
     char why[200];
@@ -544,12 +547,8 @@ TEST(gpu_recompute_blocks_matches_stored)
 
 TEST(gpu_recompute_ffn_matches_stored)
 {
-    rand_case pre = {.dim = 64, .layers = 3, .heads = 4, .emb = 0, .S = 30, .B = 24, .N = 64, .causal = 1,
-                     .stage = STAGE_PRETRAIN, .items = 500, .cates = 11};
-    rand_case fin = {.dim = 64, .layers = 3, .heads = 2, .emb = 32, .S = 40, .B = 20, .N = 0, .causal = 0,
-                     .stage = STAGE_FINETUNE, .items = 400, .cates = 9};
-    recompute_case(&pre, 34, ATTN_KERNEL_OWN, 1);
-    recompute_case(&fin, 35, ATTN_KERNEL_OWN, 1);
+    recompute_case(&RECOMPUTE_PRE, 34, ATTN_KERNEL_OWN, 1);
+    recompute_case(&RECOMPUTE_FIN, 35, ATTN_KERNEL_OWN, 1);
 }
 
 /* The batch metadata is packed by several host threads: one thread and seven (not a divisor of
