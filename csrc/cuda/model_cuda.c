@@ -23,7 +23,7 @@
 
 typedef struct {
     float *x; /* layer input, fp32 residual stream */
-    gp_bf16 *n1, *qkv, *att, *n2, *ab, *g; /* n1, n2 and g: one buffer for all blocks (plan_activations) */
+    gp_bf16 *n1, *qkv, *att, *n2, *ab, *g; /* n1, n2, g (ab with recompute_ffn): one buffer for all blocks */
     float *rstd1, *lse, *h, *rstd2;
 } cu_layer;
 
