@@ -84,6 +84,13 @@ __device__ __forceinline__ uint16_t f2bf(float f)
     return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 
+/* A packed bf16 pair to two floats (exact): the element at the lower address is the low half. */
+__device__ __forceinline__ void bf2f2(uint32_t w, float &lo, float &hi)
+{
+    lo = __uint_as_float(w << 16);
+    hi = __uint_as_float(w & 0xffff0000u);
+}
+
 /* Two floats to a packed bf16 pair: `a` at the lower address. */
 __device__ __forceinline__ uint32_t f2bf2(float a, float b)
 {
@@ -131,10 +138,8 @@ template <bool Ro = true> __device__ __forceinline__ void ld8(f8 &o, const uint1
         uint4 a = Ro ? __ldg(reinterpret_cast<const uint4 *>(p)) : *reinterpret_cast<const uint4 *>(p);
         uint32_t w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            o.v[2 * k] = __uint_as_float(w[k] << 16);
-            o.v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-        }
+        for (int k = 0; k < 4; k++)
+            bf2f2(w[k], o.v[2 * k], o.v[2 * k + 1]);
     } else {
 #pragma unroll
         for (int k = 0; k < UNIT; k++)
@@ -197,8 +202,8 @@ __device__ __forceinline__ void ld4(f4 &o, const uint16_t *p, int n, bool vec)
 {
     if (vec) {
         const uint2 a = Ro ? __ldg(reinterpret_cast<const uint2 *>(p)) : *reinterpret_cast<const uint2 *>(p);
-        o.v[0] = __uint_as_float(a.x << 16), o.v[1] = __uint_as_float(a.x & 0xffff0000u);
-        o.v[2] = __uint_as_float(a.y << 16), o.v[3] = __uint_as_float(a.y & 0xffff0000u);
+        bf2f2(a.x, o.v[0], o.v[1]);
+        bf2f2(a.y, o.v[2], o.v[3]);
     } else {
 #pragma unroll
         for (int k = 0; k < 4; k++)

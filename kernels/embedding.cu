@@ -123,17 +123,12 @@ constexpr int SCATTER_PREFETCH = 16; /* rows whose loads are in flight before th
 constexpr int64_t SCATTER_CHUNK = 512; /* longer runs are summed in chunks of this many rows */
 
 /* Source rows are fp32 or bf16 (uint16_t); a unit is 4 consecutive elements (one 16- or 8-byte
- * load), widened to fp32 exactly. */
-__device__ __forceinline__ float4 ld_unit(const float *p)
+ * load, kb::ld4), widened to fp32 exactly. */
+template <typename Src> __device__ __forceinline__ float4 ld_unit(const Src *p)
 {
-    return __ldg(reinterpret_cast<const float4 *>(p));
-}
-
-__device__ __forceinline__ float4 ld_unit(const uint16_t *p)
-{
-    const uint2 v = __ldg(reinterpret_cast<const uint2 *>(p));
-    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
-                       __uint_as_float(v.y & 0xffff0000u));
+    kb::f4 a;
+    kb::ld4(a, p, 4, true);
+    return make_float4(a.v[0], a.v[1], a.v[2], a.v[3]);
 }
 
 __device__ __forceinline__ float ld_one(const float *p)
@@ -143,7 +138,7 @@ __device__ __forceinline__ float ld_one(const float *p)
 
 __device__ __forceinline__ float ld_one(const uint16_t *p)
 {
-    return __uint_as_float((uint32_t)__ldg(p) << 16);
+    return kb::bf2f(__ldg(p));
 }
 
 /* Sum of sorted rows [begin, end) at columns of unit u (4 elements when vec), in row order. */
@@ -582,30 +577,32 @@ extern "C" cudaError_t k_embed_fwd(float *out_f32, gp_bf16 *out_bf16, const floa
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table, const int32_t *ids,
-                                     int64_t rows, int dim, cudaStream_t s)
+/* A quad of table elements is one 16-byte (fp32) or 8-byte (bf16) load: the vector path needs
+ * the table aligned to that. */
+template <typename Tab>
+static cudaError_t gather_rows(float *out_f32, uint16_t *out_bf16, const Tab *table, const int32_t *ids, int64_t rows,
+                               int dim, cudaStream_t s)
 {
     if (rows <= 0 || dim <= 0 || (!out_f32 && !out_bf16))
         return cudaSuccess;
-    bool vec = dim % 4 == 0 && kb::aligned16(table) && kb::aligned16(out_f32) && kb::aligned8(out_bf16);
+    const bool table_vec = sizeof(Tab) == 4 ? kb::aligned16(table) : kb::aligned8(table);
+    bool vec = dim % 4 == 0 && table_vec && kb::aligned16(out_f32) && kb::aligned8(out_bf16);
     int64_t work = rows * ((dim + 3) / 4);
-    gather_rows_kernel<float><<<kb::grid_for(gather_rows_kernel<float>, work, kb::THREADS), kb::THREADS, 0, s>>>(
+    gather_rows_kernel<Tab><<<kb::grid_for(gather_rows_kernel<Tab>, work, kb::THREADS), kb::THREADS, 0, s>>>(
         out_f32, out_bf16, table, ids, rows, dim, vec);
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t k_gather_rows(float *out_f32, gp_bf16 *out_bf16, const float *table, const int32_t *ids,
+                                     int64_t rows, int dim, cudaStream_t s)
+{
+    return gather_rows(out_f32, out_bf16, table, ids, rows, dim, s);
 }
 
 extern "C" cudaError_t k_gather_rows_bf16(float *out_f32, gp_bf16 *out_bf16, const gp_bf16 *table, const int32_t *ids,
                                           int64_t rows, int dim, cudaStream_t s)
 {
-    if (rows <= 0 || dim <= 0 || (!out_f32 && !out_bf16))
-        return cudaSuccess;
-    bool vec = dim % 4 == 0 && kb::aligned8(table) && kb::aligned16(out_f32) && kb::aligned8(out_bf16);
-    int64_t work = rows * ((dim + 3) / 4);
-    gather_rows_kernel<uint16_t>
-        <<<kb::grid_for(gather_rows_kernel<uint16_t>, work, kb::THREADS), kb::THREADS, 0, s>>>(out_f32, out_bf16,
-                                                                                             table, ids, rows, dim,
-                                                                                             vec);
-    return cudaGetLastError();
+    return gather_rows(out_f32, out_bf16, table, ids, rows, dim, s);
 }
 
 extern "C" cudaError_t k_add_rows(float *dst, const float *src, const int32_t *dst_rows, int64_t rows, int dim,
