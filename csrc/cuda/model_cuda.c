@@ -145,12 +145,15 @@ static size_t logits_width(const cuda_model *m)
 /* Only the gate/up products recomputed (recompute_blocks recomputes everything already). */
 static int recompute_ffn(const cuda_model *m) { return m->opts.recompute_ffn && !m->opts.recompute_blocks; }
 
+/* The trunk output the heads read: the post-projector norm's where there are projectors. */
+static const gp_bf16 *trunk_out16(const cuda_model *m) { return m->c.projected ? m->hp16 : m->hf16; }
+
 /* The negatives' bf16 gradient goes straight into the L2 scatter; otherwise (no L2
  * normalisation, or a row width it does not take) through an fp32 copy and the per-row path. */
 static int neg_scatter_l2(const cuda_model *m) { return m->c.l2_norm && k_scatter_add_rows_l2bwd_supported(m->E); }
 
-/* A buffer only the item and category heads use: none when they are off (a NULL pointer, so a
- * stray use faults instead of aliasing the next buffer). */
+/* A buffer only some models use (the heads, the projectors, a recomputation mode): none when
+ * off, a NULL pointer, so a stray use faults instead of aliasing the next buffer. */
 static void *carve_if(int on, char *base, size_t *cursor, size_t bytes)
 {
     return on && bytes ? carve(base, cursor, bytes) : NULL;
@@ -189,13 +192,6 @@ static size_t plan_activations(cuda_model *m, char *base)
         a->rstd2 = carve(base, &c, F32(T));
         a->ab = carve_if(!recompute_ffn(m), base, &c, B16(T * 2 * F));
     }
-    /* recompute_ffn: one gate/up product for all blocks, the forward's for the last block and
-     * recomputed (ffn_recompute) for the others before their backward */
-    if (recompute_ffn(m)) {
-        gp_bf16 *ab_shared = carve_if(m->L > 0, base, &c, B16(T * 2 * F));
-        for (int l = 0; l < m->L; l++)
-            m->layer[l].ab = ab_shared;
-    }
     /* One g = swiglu(ab) for all blocks: the forward leaves each block's there only for its W2
      * product, and the backward regenerates it in k_swiglu_bwd (the same bits) for the W2 weight
      * gradient; the last block's is still the forward's. This keeps (L-1) T F bf16 fewer, 3.1 GiB
@@ -206,9 +202,14 @@ static size_t plan_activations(cuda_model *m, char *base)
      * just before its weight-gradient GEMM. 2 L T D bf16 fewer (2.4 GiB at L24H1024A16) for one
      * bf16 write of T D per norm in the backward. */
     gp_bf16 *n_shared = carve_if(m->L > 0, base, &c, B16(T * D));
+    /* recompute_ffn: one gate/up product too, the forward's for the last block and recomputed
+     * (ffn_recompute) for the others before their backward */
+    gp_bf16 *ab_shared = carve_if(m->L > 0 && recompute_ffn(m), base, &c, B16(T * 2 * F));
     for (int l = 0; l < m->L; l++) {
         m->layer[l].g = g_shared;
         m->layer[l].n1 = m->layer[l].n2 = n_shared;
+        if (ab_shared)
+            m->layer[l].ab = ab_shared;
     }
     m->o16 = carve(base, &c, B16(T * D));
     m->f16 = carve(base, &c, B16(T * D));
@@ -1128,8 +1129,7 @@ static int item_cate_heads(cuda_model *m, const batch_shape *bs, float grad_scal
     const int item_on = c->w_item > 0 && bs->P_item > 0, cate_on = c->w_cate > 0 && bs->P_cate > 0;
     if (!item_on && !cate_on)
         return 0;
-    const gp_bf16 *hp = c->projected ? m->hp16 : m->hf16; /* the heads read the bf16 trunk output */
-    CU(k_gather_rows_bf16(m->Hg, NULL, hp, md->src_rows, BS, E, s));
+    CU(k_gather_rows_bf16(m->Hg, NULL, trunk_out16(m), md->src_rows, BS, E, s));
     if (normalise(m, m->Hn, m->Hn16, m->Hnorm, m->Hg, BS, e) != 0)
         return -1;
     if (backward)
@@ -1567,10 +1567,9 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
             dev_alloc(m, (void **)&m->rank_count, sizeof(int64_t) * (size_t)m->B, "rank counts", e))
             return -1;
     }
-    const gp_bf16 *hp = c->projected ? m->hp16 : m->hf16;
     if (normalise(m, m->rank_table, m->rank_table16, m->rank_norm, m->item, V, e) != 0)
         return -1;
-    CU(k_gather_rows_bf16(m->Hg, NULL, hp, m->md.query_rows, Bc, E, s));
+    CU(k_gather_rows_bf16(m->Hg, NULL, trunk_out16(m), m->md.query_rows, Bc, E, s));
     if (normalise(m, m->Hn, m->rank_query16, m->Hnorm, m->Hg, Bc, e) != 0)
         return -1;
     /* The target's own score from the same bf16 operands as the catalogue scores. */
