@@ -102,6 +102,7 @@ TEST(gpu_golden_pretrain_l2h64a4_long) { run_golden_on_gpu("pretrain_l2h64a4_lon
 typedef struct {
     int dim, layers, heads, emb, S, B, N, causal, stage;
     int64_t items, cates;
+    int no_l2, logq; /* both 0 by default: the heads L2-normalise, no logQ correction */
 } rand_case;
 
 static void random_batch(batch *x, const rand_case *rc, gp_rng *r)
@@ -155,6 +156,8 @@ static int make_layout(model_layout *l, const rand_case *rc, gp_err *e)
     s.max_history = rc->S;
     s.n_negatives = rc->N;
     s.attention = rc->causal ? ATTN_CAUSAL : ATTN_BIDIRECTIONAL;
+    s.l2_norm = !rc->no_l2;
+    s.logq_correction = rc->logq;
     model_config c;
     if (model_config_from_settings(&c, &s, rc->items, rc->cates, e) != 0)
         return -1;
@@ -291,6 +294,24 @@ TEST(gpu_random_pretrain_projected_hd8)
     rand_case rc = {.dim = 32, .layers = 1, .heads = 4, .emb = 16, .S = 50, .B = 9, .N = 64, .causal = 1,
                     .stage = STAGE_PRETRAIN, .items = 300, .cates = 7};
     run_random_case(&rc, 12);
+}
+
+/* Without L2 normalisation the negatives' gradient takes the other path (bf16 rows to fp32, the
+ * plain scatter) and the heads copy instead of normalising; logQ correction on, through the fused
+ * item head and the GEMM path. */
+TEST(gpu_random_pretrain_no_l2_logq)
+{
+    rand_case rc = {.dim = 64, .layers = 2, .heads = 4, .emb = 0, .S = 30, .B = 40, .N = 96, .causal = 1,
+                    .stage = STAGE_PRETRAIN, .items = 600, .cates = 19, .no_l2 = 1, .logq = 1};
+    run_random_case(&rc, 15);
+}
+
+/* logQ correction with L2 normalisation, through a projected head (emb 32 of dim 64) */
+TEST(gpu_random_pretrain_logq_projected)
+{
+    rand_case rc = {.dim = 64, .layers = 1, .heads = 2, .emb = 32, .S = 24, .B = 16, .N = 80, .causal = 1,
+                    .stage = STAGE_PRETRAIN, .items = 400, .cates = 9, .logq = 1};
+    run_random_case(&rc, 16);
 }
 
 TEST(gpu_random_finetune_hd32_bidirectional)
