@@ -6,12 +6,10 @@
 
 #include <stdint.h>
 
+#include "common.cuh"
 #include "mma_sm80.cuh"
 
 namespace attn {
-
-__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xFFFF0000u); }
 
 /* <a, b> over HD bf16 values (16-byte aligned rows), fp32, in a fixed order. */
 template <int HD>
@@ -25,8 +23,11 @@ __device__ __forceinline__ float dot_bf16(const uint16_t *__restrict__ a, const 
         const uint32_t xw[4] = {x.x, x.y, x.z, x.w}, yw[4] = {y.x, y.y, y.z, y.w};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            s = fmaf(bf16_lo(xw[e]), bf16_lo(yw[e]), s);
-            s = fmaf(bf16_hi(xw[e]), bf16_hi(yw[e]), s);
+            float x_lo, x_hi, y_lo, y_hi;
+            kb::bf2f2(xw[e], x_lo, x_hi);
+            kb::bf2f2(yw[e], y_lo, y_hi);
+            s = fmaf(x_lo, y_lo, s);
+            s = fmaf(x_hi, y_hi, s);
         }
     }
     return s;

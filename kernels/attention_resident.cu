@@ -36,8 +36,6 @@
 
 namespace {
 
-using attn::bf16_hi;
-using attn::bf16_lo;
 using attn::dot_bf16;
 using attn::store_rows;
 using mma80::cp_async16;
@@ -122,7 +120,9 @@ __device__ __forceinline__ void stage_rows_rope(uint16_t *dst, const uint16_t *_
             uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                const float2 o = rope::rotate(bf16_lo(w[k]), bf16_hi(w[k]), __ldg(cs + j * (HD / 2) + c * 4 + k));
+                float lo, hi;
+                kb::bf2f2(w[k], lo, hi);
+                const float2 o = rope::rotate(lo, hi, __ldg(cs + j * (HD / 2) + c * 4 + k));
                 w[k] = pack_bf16x2(o.x, o.y);
             }
             v = make_uint4(w[0], w[1], w[2], w[3]);
