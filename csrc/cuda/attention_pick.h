@@ -5,7 +5,10 @@
  * sequences (every sequence max_len positions, the packed layout of kernels.h; the caller has
  * uploaded the matching seq_off / seq_len / ragged offsets), runs each implementation's forward
  * + backward a few times to warm up, then times `reps` of them with CUDA events and reports the
- * median per call. It also runs cuDNN's backward twice on the same inputs and compares the
+ * median per call. Each implementation's time includes the rotary embedding as the model applies
+ * it: folded into the own kernels where rope_cs is given (k_attention_rope_*), else the two
+ * k_rope_qk passes around the attention, as always around cuDNN's. The probe restores the qkv
+ * inputs before every run (untimed), since k_rope_qk rotates them in place. It also runs cuDNN's backward twice on the same inputs and compares the
  * gradients bit for bit, since the trainer promises reproducible runs; and it reports the largest
  * difference between the two implementations' outputs relative to the largest output magnitude,
  * so a wrong graph is never picked for speed. Everything runs on stream `s` and synchronises. */
@@ -18,6 +21,9 @@ typedef struct {
     gp_bf16 *qkv, *out, *d_out, *d_qkv; /* [rows][3D], [rows][D], [rows][D], [rows][3D] */
     float *lse;                          /* [rows][H], also cuDNN's [n_seq][H][max_len] statistics */
     const int32_t *seq_off, *seq_len, *ragged_qkv, *ragged_out; /* device */
+    const int32_t *tok_pos;  /* device [rows]: each row's position, for k_rope_qk */
+    const float *rope_cs;    /* the model's k_rope_table, or NULL: the own kernels rotate separately */
+    double rope_theta;
     int n_seq, max_len, n_heads, head_dim, causal;
 } attn_probe;
 

@@ -510,10 +510,13 @@ static int choose_attention(cuda_model *m, gp_err *e)
         h->ragged_qkv[b] = (int32_t)((int64_t)b * L1 * 3 * m->D);
         h->ragged_out[b] = (int32_t)((int64_t)b * L1 * m->D);
     }
+    for (int64_t t = 0; t < (int64_t)m->B * L1; t++)
+        h->tok_pos[t] = (int32_t)(t % L1);
     CU(cudaMemcpy(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice));
     attn_probe p = {.qkv = m->layer[0].qkv, .out = m->layer[0].att, .d_out = m->d_att16, .d_qkv = m->d_qkv16,
                     .lse = m->layer[0].lse, .seq_off = m->md.seq_off, .seq_len = m->md.seq_len,
-                    .ragged_qkv = m->md.ragged_qkv, .ragged_out = m->md.ragged_out, .n_seq = m->B, .max_len = L1,
+                    .ragged_qkv = m->md.ragged_qkv, .ragged_out = m->md.ragged_out, .tok_pos = m->md.tok_pos,
+                    .rope_cs = m->rope_cs, .rope_theta = c->rope_theta, .n_seq = m->B, .max_len = L1,
                     .n_heads = m->H, .head_dim = c->head_dim, .causal = c->causal};
     attn_probe_result r;
     if (attention_probe(ca, &p, 9, m->stream, &r, e) != 0) {
@@ -649,13 +652,14 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
             goto fail;
         m->device_bytes += grad_sync_device_bytes(m->gsync);
     }
-    if (choose_attention(m, e) != 0)
-        goto fail;
+    /* before the attention probe, which times the own kernels with it */
     if (m->L > 0 && tensor_core_head(c->head_dim) && k_attention_resident_supported(m->S + 1, c->head_dim)) {
         if (dev_alloc(m, (void **)&m->rope_cs, F32((size_t)(m->S + 1) * c->head_dim), "the rotary table", e))
             goto fail;
         CU(k_rope_table(m->rope_cs, m->S + 1, c->head_dim, c->rope_theta, m->stream));
     }
+    if (choose_attention(m, e) != 0)
+        goto fail;
     const char *no_graph = getenv("GPSDREC_NO_CUDA_GRAPH");
     m->use_graphs = !(no_graph && *no_graph && strcmp(no_graph, "0") != 0);
     return m;

@@ -162,7 +162,10 @@ TEST(cudnn_attn_rejects_bad_shapes)
     cudnn_attn_destroy(ca);
 }
 
-/* The probe that picks the implementation: both run, cuDNN is reproducible and agrees. */
+/* The probe that picks the implementation: both run, cuDNN is reproducible and agrees, with the
+ * rotary embedding as the model applies it: separate k_rope_qk passes around both, then folded
+ * into the own kernels (the probe restores the inputs the passes rotate in place, else the two
+ * would see differently rotated q and k). */
 TEST(cudnn_attn_probe_times_both)
 {
     REQUIRE(gpu_present());
@@ -172,7 +175,7 @@ TEST(cudnn_attn_probe_times_both)
     cudnn_attn *ca = cudnn_attn_create(&sh, 0, &e);
     REQUIRE(ca, "%s", e.msg);
     const size_t rows = (size_t)B * L;
-    int32_t *off = malloc((size_t)B * 4), *len = malloc((size_t)B * 4);
+    int32_t *off = malloc((size_t)B * 4), *len = malloc((size_t)B * 4), *pos = malloc(rows * 4);
     int32_t *rq = malloc((size_t)(B + 1) * 4), *ro = malloc((size_t)(B + 1) * 4);
     for (int b = 0; b <= B; b++) {
         if (b < B)
@@ -180,24 +183,34 @@ TEST(cudnn_attn_probe_times_both)
         rq[b] = b * L * 3 * D;
         ro[b] = b * L * D;
     }
+    for (size_t t = 0; t < rows; t++)
+        pos[t] = (int32_t)(t % L);
+    float *cs = gpu_alloc((size_t)L * hd * 4);
+    REQUIRE(k_rope_table(cs, L, hd, 10000.0, 0) == cudaSuccess);
     attn_probe p = {.qkv = gpu_alloc(rows * 3 * D * 2), .out = gpu_alloc(rows * D * 2), .d_out = gpu_alloc(rows * D * 2),
                     .d_qkv = gpu_alloc(rows * 3 * D * 2), .lse = gpu_alloc(rows * H * 4),
                     .seq_off = gpu_upload(off, (size_t)B * 4), .seq_len = gpu_upload(len, (size_t)B * 4),
                     .ragged_qkv = gpu_upload(rq, (size_t)(B + 1) * 4), .ragged_out = gpu_upload(ro, (size_t)(B + 1) * 4),
-                    .n_seq = B, .max_len = L, .n_heads = H, .head_dim = hd, .causal = 1};
-    attn_probe_result r;
+                    .tok_pos = gpu_upload(pos, rows * 4), .rope_theta = 10000.0, .n_seq = B, .max_len = L,
+                    .n_heads = H, .head_dim = hd, .causal = 1};
     REQUIRE(cudnn_attn_prepare(ca, B, &e) == 1, "%s", e.msg);
-    REQUIRE(attention_probe(ca, &p, 5, 0, &r, &e) == 0, "%s", e.msg);
-    printf("    probe: own %.3f ms, cuDNN %s %.3f ms, deterministic %d, differences %.2e / %.2e\n", r.ms_own,
-           cudnn_attn_version(), r.ms_cudnn, r.cudnn_deterministic, r.max_rel_diff_out, r.max_rel_diff_grad);
-    CHECK(r.ms_own > 0 && r.ms_cudnn > 0);
-    CHECK(r.cudnn_deterministic, "cuDNN backward not reproducible");
-    CHECK(r.max_rel_diff_out < 2e-2 && r.max_rel_diff_grad < 5e-2, "cuDNN and own kernels disagree: %.3g / %.3g",
-          r.max_rel_diff_out, r.max_rel_diff_grad);
+    for (int folded = 0; folded < 2; folded++) {
+        p.rope_cs = folded ? cs : NULL;
+        attn_probe_result r;
+        REQUIRE(attention_probe(ca, &p, 5, 0, &r, &e) == 0, "%s", e.msg);
+        printf("    probe (rope %s): own %.3f ms, cuDNN %s %.3f ms, deterministic %d, differences %.2e / %.2e\n",
+               folded ? "folded into the own kernels" : "separate", r.ms_own, cudnn_attn_version(), r.ms_cudnn,
+               r.cudnn_deterministic, r.max_rel_diff_out, r.max_rel_diff_grad);
+        CHECK(r.ms_own > 0 && r.ms_cudnn > 0);
+        CHECK(r.cudnn_deterministic, "cuDNN backward not reproducible");
+        CHECK(r.max_rel_diff_out < 2e-2 && r.max_rel_diff_grad < 5e-2,
+              "rope %d: cuDNN and own kernels disagree: %.3g / %.3g", folded, r.max_rel_diff_out, r.max_rel_diff_grad);
+    }
     cudnn_attn_destroy(ca);
     void *dev[] = {p.qkv, p.out, p.d_out, p.d_qkv, p.lse, (void *)p.seq_off, (void *)p.seq_len,
-                   (void *)p.ragged_qkv, (void *)p.ragged_out};
+                   (void *)p.ragged_qkv, (void *)p.ragged_out, (void *)p.tok_pos, cs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         cudaFree(dev[i]);
+    free(pos);
     free(off), free(len), free(rq), free(ro);
 }
