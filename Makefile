@@ -126,7 +126,7 @@ BENCH_OBJ := $(OBJDIR)/benchmarks/bench_ceiling.o $(OBJDIR)/benchmarks/step_flop
 $(BUILD)/bench_step: $(BENCH_OBJ)
 DEPS += $(BENCH_OBJ:.o=.d)
 ifeq ($(WITH_CUDA),1)
-BENCH_KERNELS_OBJ := $(addprefix $(OBJDIR)/benchmarks/,bench_kernels.o bench_harness.o bench_kernels_rows.o bench_kernels_gather.o bench_kernels_attn.o bench_kernels_misc.o) $(OBJDIR)/benchmarks/bench_ceiling.o
+BENCH_KERNELS_OBJ := $(addprefix $(OBJDIR)/benchmarks/,bench_kernels.o bench_harness.o bench_kernels_rows.o bench_kernels_gather.o bench_kernels_attn.o bench_kernels_misc.o bench_kernels_gemm.o) $(OBJDIR)/benchmarks/bench_ceiling.o
 $(BUILD)/bench_kernels: $(BENCH_KERNELS_OBJ) $(LIB_OBJ)
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $^ $(CUDA_LIBS) $(LDLIBS)
 bench: $(BUILD)/bench_kernels

@@ -92,6 +92,7 @@ int main(int argc, char **argv)
     bk_cases_gather();
     bk_cases_attn();
     bk_cases_misc();
+    bk_cases_gemm();
     bk_shutdown();
     bk_progress("done");
     if (json)

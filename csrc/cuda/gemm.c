@@ -146,8 +146,9 @@ fail:
     return -1;
 }
 
-/* Asks the heuristic for the best algorithm at the entry's current sizes. */
-static int pick_algorithm(gemm_ctx *g, gemm_entry *en, gp_err *e)
+/* The heuristic's first `want` algorithms at the entry's current sizes, best first. */
+static int heuristic(gemm_ctx *g, gemm_entry *en, int want, cublasLtMatmulHeuristicResult_t *results, int *found,
+                     gp_err *e)
 {
     cublasLtMatmulPreference_t pref;
     CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
@@ -158,18 +159,27 @@ static int pick_algorithm(gemm_ctx *g, gemm_entry *en, gp_err *e)
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
-    cublasLtMatmulHeuristicResult_t result;
-    int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g->handle, en->op, en->a, en->b, en->c, en->c, pref, 1, &result,
-                                                       &found);
+    *found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g->handle, en->op, en->a, en->b, en->c, en->c, pref, want,
+                                                       results, found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+    if (st != CUBLAS_STATUS_SUCCESS || *found == 0)
         return gp_fail(e, "cuBLASLt has no algorithm for C[%lld x %lld] = op(A) op(B), K = %lld, batch %d (%s)",
                        (long long)en->M, (long long)en->N, (long long)en->K, en->key.batch, gp_cublas_status_name(st));
-    en->algo = result.algo;
     return 0;
 fail:
     return -1;
+}
+
+/* Asks the heuristic for the best algorithm at the entry's current sizes. */
+static int pick_algorithm(gemm_ctx *g, gemm_entry *en, gp_err *e)
+{
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    if (heuristic(g, en, 1, &result, &found, e) != 0)
+        return -1;
+    en->algo = result.algo;
+    return 0;
 }
 
 /* Builds the descriptors and picks the algorithm for one size class. Row-major C = op(A) op(B)
@@ -226,33 +236,39 @@ fail:
     return NULL;
 }
 
+/* The size class and layout key of the product `a` (the cache's lookup key). */
+static void key_of(gemm_key *k, const gemm_args *a)
+{
+    memset(k, 0, sizeof *k);
+    k->trans_a = a->trans_a;
+    k->trans_b = a->trans_b;
+    k->c_type = a->c_type;
+    k->batch = a->batch > 0 ? a->batch : 1;
+    k->M = size_class(a->M);
+    k->N = size_class(a->N);
+    k->K = size_class(a->K);
+    k->lda = a->lda;
+    k->ldb = a->ldb;
+    k->ldc = a->ldc;
+    k->stride_a = a->stride_a;
+    k->stride_b = a->stride_b;
+    k->stride_c = a->stride_c;
+    k->beta_zero = a->beta == 0.0f;
+    k->align = alignment_of(a->A);
+    int al = alignment_of(a->B);
+    if (al < k->align)
+        k->align = al;
+    al = alignment_of(a->C);
+    if (al < k->align)
+        k->align = al;
+}
+
 int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
 {
     if (a->M == 0 || a->N == 0)
         return 0;
     gemm_key k;
-    memset(&k, 0, sizeof k);
-    k.trans_a = a->trans_a;
-    k.trans_b = a->trans_b;
-    k.c_type = a->c_type;
-    k.batch = a->batch > 0 ? a->batch : 1;
-    k.M = size_class(a->M);
-    k.N = size_class(a->N);
-    k.K = size_class(a->K);
-    k.lda = a->lda;
-    k.ldb = a->ldb;
-    k.ldc = a->ldc;
-    k.stride_a = a->stride_a;
-    k.stride_b = a->stride_b;
-    k.stride_c = a->stride_c;
-    k.beta_zero = a->beta == 0.0f;
-    k.align = alignment_of(a->A);
-    int al = alignment_of(a->B);
-    if (al < k.align)
-        k.align = al;
-    al = alignment_of(a->C);
-    if (al < k.align)
-        k.align = al;
+    key_of(&k, a);
     gemm_entry *en = prepare(g, &k, a->M, a->N, a->K, e);
     if (!en)
         return -1;
@@ -271,26 +287,103 @@ int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
     return 0;
 }
 
+static int cmp_double(const void *x, const void *y)
+{
+    const double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+int gemm_survey(gemm_ctx *g, const gemm_args *a, int max_algos, int reps, gemm_survey_result *r, cudaStream_t s,
+                gp_err *e)
+{
+    memset(r, 0, sizeof *r);
+    if (max_algos < 1 || max_algos > GEMM_SURVEY_MAX || reps < 1 || a->M == 0 || a->N == 0)
+        return gp_fail(e, "gemm_survey: max_algos must be in [1, %d], reps >= 1 and the product non-empty",
+                       GEMM_SURVEY_MAX);
+    gemm_key k;
+    key_of(&k, a);
+    gemm_entry *en = prepare(g, &k, a->M, a->N, a->K, e);
+    if (!en)
+        return -1;
+    cublasLtMatmulHeuristicResult_t res[GEMM_SURVEY_MAX];
+    int found = 0;
+    if (heuristic(g, en, max_algos, res, &found, e) != 0)
+        return -1;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    double *t = calloc((size_t)reps, sizeof *t);
+    if (!t)
+        return gp_fail(e, "gemm_survey: out of memory");
+    CU(cudaEventCreate(&ev[0]));
+    CU(cudaEventCreate(&ev[1]));
+    for (int i = 0; i < found; i++) {
+        r->ms[i] = -1; /* this algorithm does not run at the exact size */
+        for (int rep = -2; rep < reps; rep++) {
+            CU(cudaEventRecord(ev[0], s));
+            cublasStatus_t st = cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C,
+                                               en->c, a->C, en->c, &res[i].algo, g->workspace, g->workspace_bytes, s);
+            if (st != CUBLAS_STATUS_SUCCESS)
+                break;
+            CU(cudaEventRecord(ev[1], s));
+            CU(cudaEventSynchronize(ev[1]));
+            float f = 0;
+            CU(cudaEventElapsedTime(&f, ev[0], ev[1]));
+            if (rep >= 0)
+                t[rep] = f;
+            if (rep == reps - 1) {
+                qsort(t, (size_t)reps, sizeof *t, cmp_double);
+                r->ms[i] = t[reps / 2];
+            }
+        }
+    }
+    r->n = found;
+    cudaEventDestroy(ev[0]);
+    cudaEventDestroy(ev[1]);
+    free(t);
+    return 0;
+fail:
+    if (ev[0])
+        cudaEventDestroy(ev[0]);
+    if (ev[1])
+        cudaEventDestroy(ev[1]);
+    free(t);
+    return -1;
+}
+
+gemm_args gemm_linear_args(gemm_linear_op op, void *c, gemm_dtype c_type, float beta, const void *a, const void *b,
+                           int64_t rows, int64_t in, int64_t out)
+{
+    gemm_args g = {.c_type = c_type, .alpha = 1.0f, .beta = beta, .batch = 1, .A = a, .B = b, .C = c};
+    switch (op) {
+    case GEMM_LINEAR_FWD: /* y[rows][out] = x[rows][in] . W^T */
+        g.trans_b = 1, g.M = rows, g.N = out, g.K = in, g.lda = in, g.ldb = in, g.ldc = out;
+        break;
+    case GEMM_LINEAR_DGRAD: /* dx[rows][in] = dy[rows][out] . W */
+        g.M = rows, g.N = in, g.K = out, g.lda = out, g.ldb = in, g.ldc = in;
+        break;
+    case GEMM_LINEAR_WGRAD: /* dW[out][in] (+)= dy^T . x */
+        g.trans_a = 1, g.M = out, g.N = in, g.K = rows, g.lda = out, g.ldb = in, g.ldc = in;
+        break;
+    }
+    return g;
+}
+
 int gemm_linear_fwd(gemm_ctx *g, void *y, gemm_dtype y_type, const void *x, const void *w, int64_t rows, int64_t in,
                     int64_t out, cudaStream_t s, gp_err *e)
 {
-    gemm_args a = {.trans_a = 0, .trans_b = 1, .M = rows, .N = out, .K = in, .A = x, .lda = in, .B = w, .ldb = in,
-                   .C = y, .ldc = out, .c_type = y_type, .alpha = 1.0f, .beta = 0.0f, .batch = 1};
+    gemm_args a = gemm_linear_args(GEMM_LINEAR_FWD, y, y_type, 0.0f, x, w, rows, in, out);
     return gemm_run(g, &a, s, e);
 }
 
 int gemm_linear_dgrad(gemm_ctx *g, void *dx, gemm_dtype dx_type, float beta, const void *dy, const void *w,
                       int64_t rows, int64_t in, int64_t out, cudaStream_t s, gp_err *e)
 {
-    gemm_args a = {.trans_a = 0, .trans_b = 0, .M = rows, .N = in, .K = out, .A = dy, .lda = out, .B = w, .ldb = in,
-                   .C = dx, .ldc = in, .c_type = dx_type, .alpha = 1.0f, .beta = beta, .batch = 1};
+    gemm_args a = gemm_linear_args(GEMM_LINEAR_DGRAD, dx, dx_type, beta, dy, w, rows, in, out);
     return gemm_run(g, &a, s, e);
 }
 
 int gemm_linear_wgrad(gemm_ctx *g, float *dw, const void *dy, const void *x, int64_t rows, int64_t in, int64_t out,
                       cudaStream_t s, gp_err *e)
 {
-    gemm_args a = {.trans_a = 1, .trans_b = 0, .M = out, .N = in, .K = rows, .A = dy, .lda = out, .B = x, .ldb = in,
-                   .C = dw, .ldc = in, .c_type = GEMM_F32, .alpha = 1.0f, .beta = 1.0f, .batch = 1};
+    gemm_args a = gemm_linear_args(GEMM_LINEAR_WGRAD, dw, GEMM_F32, 1.0f, dy, x, rows, in, out);
     return gemm_run(g, &a, s, e);
 }

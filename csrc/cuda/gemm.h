@@ -38,10 +38,26 @@ gemm_ctx *gemm_create(size_t workspace_bytes, gp_err *e);
 void gemm_destroy(gemm_ctx *g);
 int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e);
 
+/* For benchmarks: the cuBLASLt heuristic's first max_algos (<= GEMM_SURVEY_MAX) algorithms for
+ * the product `a`, each run 2 + reps times on a's buffers (C is overwritten, or accumulated into
+ * where beta != 0) and timed with CUDA events. ms[0] is the algorithm gemm_run uses (the
+ * heuristic's first); ms[i] < 0 where algorithm i does not run at the exact size. */
+#define GEMM_SURVEY_MAX 16
+typedef struct {
+    int n;
+    double ms[GEMM_SURVEY_MAX]; /* median per run */
+} gemm_survey_result;
+int gemm_survey(gemm_ctx *g, const gemm_args *a, int max_algos, int reps, gemm_survey_result *r, cudaStream_t s,
+                gp_err *e);
+
 /* Convenience for the three products of a linear layer y = x . W^T (W is [out][in], row-major):
  *   forward: y[rows][out] = x[rows][in] . W^T     (y bf16 or fp32, beta 0)
  *   dgrad:   dx[rows][in] = dy[rows][out] . W     (dx bf16 or fp32, beta 0 or 1)
  *   wgrad:   dW[out][in] += dy^T . x              (dW fp32, accumulating) */
+/* The arguments of those three products (A, B: x and W, dy and W, dy and x in that order). */
+typedef enum { GEMM_LINEAR_FWD, GEMM_LINEAR_DGRAD, GEMM_LINEAR_WGRAD } gemm_linear_op;
+gemm_args gemm_linear_args(gemm_linear_op op, void *c, gemm_dtype c_type, float beta, const void *a, const void *b,
+                           int64_t rows, int64_t in, int64_t out);
 int gemm_linear_fwd(gemm_ctx *g, void *y, gemm_dtype y_type, const void *x, const void *w, int64_t rows, int64_t in,
                     int64_t out, cudaStream_t s, gp_err *e);
 int gemm_linear_dgrad(gemm_ctx *g, void *dx, gemm_dtype dx_type, float beta, const void *dy, const void *w,
