@@ -17,6 +17,7 @@ backend_opts backend_opts_from_settings(const gp_settings *s, int max_batch)
                       .attention_kernel = s->attention_kernel,
                       .recompute_blocks = s->recompute_blocks,
                       .recompute_ffn = s->recompute_ffn,
+                      .gemm_autotune = s->gemm_autotune,
                       .sampled_softmax_kernel = s->sampled_softmax_kernel};
     return o;
 }

@@ -45,6 +45,7 @@ typedef struct {
     int recompute_blocks; /* keep only block inputs, recompute each block before its backward; CUDA only */
     int recompute_ffn; /* one gate/up product for all blocks, recomputed before each FFN backward; CUDA only */
     int sampled_softmax_kernel; /* SOFTMAX_KERNEL_AUTO / FUSED / GEMM (settings.h); CUDA backend only */
+    int gemm_autotune; /* time cuBLASLt's candidates per GEMM shape (gemm_set_autotune); CUDA only */
 } backend_opts;
 
 typedef struct {

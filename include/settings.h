@@ -54,6 +54,7 @@ typedef struct gp_settings_s {
     int sampled_softmax_kernel;
     int recompute_blocks;
     int recompute_ffn;
+    int gemm_autotune;
     int64_t threads;
     /* data parallelism */
     int64_t nproc;

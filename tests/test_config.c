@@ -170,10 +170,12 @@ TEST(config_backend_opts_follow_settings)
           "options: batch %d ffn %d blocks %d attention %d softmax %d freeze %d threads %d", o.max_batch,
           o.recompute_ffn, o.recompute_blocks, o.attention_kernel, o.sampled_softmax_kernel, o.freeze_sparse,
           o.threads);
-    REQUIRE(resolve_text("recompute_blocks = true\n", STAGE_PRETRAIN, &s, &e) == 0, "%s", e.msg);
+    CHECK(o.gemm_autotune == 0, "gemm_autotune on by default");
+    REQUIRE(resolve_text("recompute_blocks = true\ngemm_autotune = true\n", STAGE_PRETRAIN, &s, &e) == 0, "%s", e.msg);
     o = backend_opts_from_settings(&s, 1);
-    CHECK(o.recompute_blocks == 1 && o.recompute_ffn == 0, "recompute_blocks %d, recompute_ffn %d",
-          o.recompute_blocks, o.recompute_ffn);
+    CHECK(o.recompute_blocks == 1 && o.recompute_ffn == 0 && o.gemm_autotune == 1,
+          "recompute_blocks %d, recompute_ffn %d, gemm_autotune %d", o.recompute_blocks, o.recompute_ffn,
+          o.gemm_autotune);
     CHECK(resolve_text("recompute_ffn = sometimes\n", STAGE_PRETRAIN, &s, &e) != 0 &&
               strstr(e.msg, "expected true or false"),
           "%s", e.msg);

@@ -21,6 +21,7 @@ typedef struct {
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
     uint64_t last_used;
+    int tuned; /* the algorithm was chosen by timing (gemm_set_autotune) */
 } gemm_entry;
 
 struct gemm_ctx {
@@ -30,6 +31,8 @@ struct gemm_ctx {
     gemm_entry cache[GEMM_CACHE];
     int n_cached;
     uint64_t clock;
+    int tune_candidates; /* 0: the heuristic's first algorithm; else the fastest of this many */
+    int n_tuned, n_tuned_changed;
 };
 
 /* The number of rows of a micro-batch changes with its sequence lengths, so products are cached
@@ -263,6 +266,8 @@ static void key_of(gemm_key *k, const gemm_args *a)
         k->align = al;
 }
 
+static int tune_entry(gemm_ctx *g, gemm_entry *en, const gemm_args *a, cudaStream_t s, gp_err *e);
+
 int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
 {
     if (a->M == 0 || a->N == 0)
@@ -271,6 +276,8 @@ int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e)
     key_of(&k, a);
     gemm_entry *en = prepare(g, &k, a->M, a->N, a->K, e);
     if (!en)
+        return -1;
+    if (g->tune_candidates > 1 && !en->tuned && tune_entry(g, en, a, s, e) != 0)
         return -1;
     cublasStatus_t st = cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C, en->c,
                                        a->C, en->c, &en->algo, g->workspace, g->workspace_bytes, s);
@@ -293,6 +300,48 @@ static int cmp_double(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/* Median milliseconds of `reps` runs (after 2 untimed) of the entry's product with `algo`,
+ * writing C = c; -1 when the algorithm does not run at the exact size. */
+static int time_algo(gemm_ctx *g, gemm_entry *en, const gemm_args *a, const cublasLtMatmulAlgo_t *algo, void *c,
+                     int reps, cudaStream_t s, double *ms, gp_err *e)
+{
+    cudaEvent_t ev[2] = {NULL, NULL};
+    double *t = calloc((size_t)reps, sizeof *t);
+    if (!t)
+        return gp_fail(e, "gemm: out of memory");
+    *ms = -1;
+    CU(cudaEventCreate(&ev[0]));
+    CU(cudaEventCreate(&ev[1]));
+    for (int rep = -2; rep < reps; rep++) {
+        CU(cudaEventRecord(ev[0], s));
+        cublasStatus_t st = cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, c, en->c, c,
+                                           en->c, algo, g->workspace, g->workspace_bytes, s);
+        if (st != CUBLAS_STATUS_SUCCESS)
+            break;
+        CU(cudaEventRecord(ev[1], s));
+        CU(cudaEventSynchronize(ev[1]));
+        float f = 0;
+        CU(cudaEventElapsedTime(&f, ev[0], ev[1]));
+        if (rep >= 0)
+            t[rep] = f;
+        if (rep == reps - 1) {
+            qsort(t, (size_t)reps, sizeof *t, cmp_double);
+            *ms = t[reps / 2];
+        }
+    }
+    cudaEventDestroy(ev[0]);
+    cudaEventDestroy(ev[1]);
+    free(t);
+    return 0;
+fail:
+    if (ev[0])
+        cudaEventDestroy(ev[0]);
+    if (ev[1])
+        cudaEventDestroy(ev[1]);
+    free(t);
+    return -1;
+}
+
 int gemm_survey(gemm_ctx *g, const gemm_args *a, int max_algos, int reps, gemm_survey_result *r, cudaStream_t s,
                 gp_err *e)
 {
@@ -309,43 +358,67 @@ int gemm_survey(gemm_ctx *g, const gemm_args *a, int max_algos, int reps, gemm_s
     int found = 0;
     if (heuristic(g, en, max_algos, res, &found, e) != 0)
         return -1;
-    cudaEvent_t ev[2] = {NULL, NULL};
-    double *t = calloc((size_t)reps, sizeof *t);
-    if (!t)
-        return gp_fail(e, "gemm_survey: out of memory");
-    CU(cudaEventCreate(&ev[0]));
-    CU(cudaEventCreate(&ev[1]));
-    for (int i = 0; i < found; i++) {
-        r->ms[i] = -1; /* this algorithm does not run at the exact size */
-        for (int rep = -2; rep < reps; rep++) {
-            CU(cudaEventRecord(ev[0], s));
-            cublasStatus_t st = cublasLtMatmul(g->handle, en->op, &a->alpha, a->B, en->a, a->A, en->b, &a->beta, a->C,
-                                               en->c, a->C, en->c, &res[i].algo, g->workspace, g->workspace_bytes, s);
-            if (st != CUBLAS_STATUS_SUCCESS)
-                break;
-            CU(cudaEventRecord(ev[1], s));
-            CU(cudaEventSynchronize(ev[1]));
-            float f = 0;
-            CU(cudaEventElapsedTime(&f, ev[0], ev[1]));
-            if (rep >= 0)
-                t[rep] = f;
-            if (rep == reps - 1) {
-                qsort(t, (size_t)reps, sizeof *t, cmp_double);
-                r->ms[i] = t[reps / 2];
-            }
-        }
-    }
+    for (int i = 0; i < found; i++)
+        if (time_algo(g, en, a, &res[i].algo, a->C, reps, s, &r->ms[i], e) != 0)
+            return -1;
     r->n = found;
-    cudaEventDestroy(ev[0]);
-    cudaEventDestroy(ev[1]);
-    free(t);
+    return 0;
+}
+
+void gemm_set_autotune(gemm_ctx *g, int candidates)
+{
+    g->tune_candidates = candidates < 0 ? 0 : candidates > GEMM_SURVEY_MAX ? GEMM_SURVEY_MAX : candidates;
+}
+
+void gemm_autotune_counts(const gemm_ctx *g, int *tuned, int *changed)
+{
+    *tuned = g->n_tuned;
+    *changed = g->n_tuned_changed;
+}
+
+/* Chooses the entry's algorithm by timing the heuristic's first candidates on the product `a`,
+ * into a scratch copy of C (the caller's C is neither written nor, for beta != 0, accumulated
+ * into). Skipped while `s` is being captured into a graph: the class keeps the heuristic's first. */
+static int tune_entry(gemm_ctx *g, gemm_entry *en, const gemm_args *a, cudaStream_t s, gp_err *e)
+{
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CU(cudaStreamIsCapturing(s, &cap));
+    if (cap != cudaStreamCaptureStatusNone)
+        return 0;
+    en->tuned = 1;
+    cublasLtMatmulHeuristicResult_t res[GEMM_SURVEY_MAX];
+    int found = 0;
+    if (heuristic(g, en, g->tune_candidates, res, &found, e) != 0)
+        return -1;
+    if (found < 2)
+        return 0;
+    const size_t el = a->c_type == GEMM_F32 ? 4 : 2;
+    const int batch = a->batch > 0 ? a->batch : 1;
+    const size_t c_bytes = ((size_t)(batch - 1) * (size_t)a->stride_c + (size_t)(a->M - 1) * (size_t)a->ldc +
+                            (size_t)a->N) * el;
+    void *scratch = NULL;
+    CU(cudaMalloc(&scratch, c_bytes));
+    if (a->beta != 0.0f)
+        CU(cudaMemcpyAsync(scratch, a->C, c_bytes, cudaMemcpyDeviceToDevice, s));
+    int best = -1;
+    double best_ms = 0;
+    for (int i = 0; i < found; i++) {
+        double ms = -1;
+        if (time_algo(g, en, a, &res[i].algo, scratch, 5, s, &ms, e) != 0)
+            goto fail;
+        if (ms > 0 && (best < 0 || ms < best_ms))
+            best = i, best_ms = ms;
+    }
+    CU(cudaFree(scratch));
+    if (best >= 0) {
+        en->algo = res[best].algo;
+        g->n_tuned++;
+        g->n_tuned_changed += best != 0;
+    }
     return 0;
 fail:
-    if (ev[0])
-        cudaEventDestroy(ev[0]);
-    if (ev[1])
-        cudaEventDestroy(ev[1]);
-    free(t);
+    if (scratch)
+        cudaFree(scratch);
     return -1;
 }
 

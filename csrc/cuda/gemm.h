@@ -5,7 +5,8 @@
  * of each buffer) and, for batched products, element strides between consecutive matrices.
  * The handle, the workspace and one descriptor set + algorithm per distinct shape are created
  * once and cached (descriptor creation and the heuristic query never run per call after the
- * first). cuBLASLt picks the algorithm by its heuristic for the given alignment.
+ * first). cuBLASLt picks the algorithm by its heuristic for the given alignment, unless
+ * autotuning is on (gemm_set_autotune).
  */
 #ifndef GPSDREC_CUDA_GEMM_H
 #define GPSDREC_CUDA_GEMM_H
@@ -49,6 +50,15 @@ typedef struct {
 } gemm_survey_result;
 int gemm_survey(gemm_ctx *g, const gemm_args *a, int max_algos, int reps, gemm_survey_result *r, cudaStream_t s,
                 gp_err *e);
+
+/* Autotuning (off by default): with candidates > 1, the first product of each size class times the
+ * heuristic's first `candidates` algorithms (at most GEMM_SURVEY_MAX) on a scratch copy of its C,
+ * outside any graph capture, and keeps the fastest for the class. Every later product of the
+ * class uses it, so a run stays bit-reproducible within itself; two runs may pick differently by
+ * timing noise and then differ in the last bits. gemm_autotune_counts: classes tuned so far, and
+ * of those, how many did not keep the heuristic's first. */
+void gemm_set_autotune(gemm_ctx *g, int candidates);
+void gemm_autotune_counts(const gemm_ctx *g, int *tuned, int *changed);
 
 /* Convenience for the three products of a linear layer y = x . W^T (W is [out][in], row-major):
  *   forward: y[rows][out] = x[rows][in] . W^T     (y bf16 or fp32, beta 0)

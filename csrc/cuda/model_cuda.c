@@ -19,6 +19,7 @@
 #define LOGIT_CHUNK_BYTES ((size_t)128 << 20)
 #define RANK_CHUNK_BYTES ((size_t)512 << 20) /* ranking scores of one chunk of the catalogue, at most */
 #define GEMM_WORKSPACE ((size_t)32 << 20)
+#define GEMM_AUTOTUNE_CANDIDATES 8 /* gemm_autotune = true */
 #define SYNC_BUCKET_ELEMS ((int64_t)4 << 20) /* blocks are all-reduced in buckets of at least 16 MB */
 
 typedef struct {
@@ -611,6 +612,8 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
     m->gemm = gemm_create(GEMM_WORKSPACE, e);
     if (!m->gemm)
         goto fail;
+    if (opts->gemm_autotune)
+        gemm_set_autotune(m->gemm, GEMM_AUTOTUNE_CANDIDATES);
     m->device_bytes += GEMM_WORKSPACE;
     size_t ns = (size_t)l->sparse_numel, nd = (size_t)m->dense_n;
     if (dev_alloc(m, (void **)&m->item, F32(ns), "the item table", e) ||

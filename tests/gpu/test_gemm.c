@@ -116,3 +116,46 @@ TEST(gpu_gemm_linear_products_and_survey)
     cudaFree(dx_), cudaFree(dw_), cudaFree(ddy), cudaFree(dc);
     gemm_destroy(g);
 }
+
+/* Autotuning times the candidates on a scratch copy of C: an accumulating product (the weight
+ * gradient, beta 1) still adds the product exactly once, and every later call of the class uses
+ * the chosen algorithm. */
+TEST(gpu_gemm_autotune_accumulates_once)
+{
+    REQUIRE(gpu_present(), "no GPU");
+    gp_err e = {{0}};
+    gemm_ctx *g = gemm_create(32u << 20, &e);
+    REQUIRE(g, "%s", e.msg);
+    gemm_set_autotune(g, 8);
+    const int64_t T = 1000;
+    const int in = 96, out = 160;
+    gp_rng r = gp_rng_stream(6, RNG_PURPOSE_TEST, 0x6E34, 0);
+    uint16_t *x = random_bf16((size_t)T * in, &r), *dy = random_bf16((size_t)T * out, &r);
+    const size_t n = (size_t)out * in;
+    float *c0 = malloc(n * 4), *got = malloc(n * 4);
+    double *want = malloc(n * 8);
+    for (size_t i = 0; i < n; i++)
+        c0[i] = (float)gp_rng_normal(&r);
+    void *dx_ = gpu_upload(x, (size_t)T * in * 2), *ddy = gpu_upload(dy, (size_t)T * out * 2);
+    float *dc = gpu_upload(c0, n * 4);
+    reference(GEMM_LINEAR_WGRAD, dy, x, T, in, out, want);
+    for (int call = 1; call <= 2; call++) {
+        REQUIRE(gemm_linear_wgrad(g, dc, ddy, dx_, T, in, out, 0, &e) == 0, "%s", e.msg);
+        CUDA_REQUIRE(cudaDeviceSynchronize());
+        gpu_download(got, dc, n * 4);
+        double d = 0, m = 0;
+        for (size_t i = 0; i < n; i++) {
+            const double w = c0[i] + call * want[i];
+            d = fmax(d, isfinite(got[i]) ? fabs(got[i] - w) : INFINITY);
+            m = fmax(m, fabs(w));
+        }
+        CHECK(d / m < 1e-5, "after %d accumulating calls: relative error %.3g", call, d / m);
+    }
+    int tuned = 0, changed = 0;
+    gemm_autotune_counts(g, &tuned, &changed);
+    CHECK(tuned <= 1 && changed >= 0 && changed <= tuned, "classes tuned %d (changed %d)", tuned, changed);
+    printf("    wgrad %lldx%dx%d: the heuristic's first %s\n", (long long)T, in, out, changed ? "replaced" : "kept");
+    free(x), free(dy), free(c0), free(got), free(want);
+    cudaFree(dx_), cudaFree(ddy), cudaFree(dc);
+    gemm_destroy(g);
+}
