@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "checkpoint.h"
 #include "dist.h"
 #include "dataset.h"
+#include "loader.h"
 #include "metrics.h"
 #include "model.h"
 #include "rng.h"
@@ -103,22 +105,6 @@ static int do_eval(run_ctx *r, const ds_record *recs, int64_t n, const char *spl
     return 0;
 }
 
-void train_epoch_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
-                       int shuffle)
-{
-    for (int64_t i = 0; i < n; i++)
-        order[i] = &recs[i];
-    if (!shuffle)
-        return;
-    gp_rng g = gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, (uint64_t)epoch, 0);
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)gp_rng_below64(&g, (uint64_t)i + 1);
-        const ds_record *t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-}
-
 static double ceiling_from_description(const dataset *ds)
 {
     const char *p = strstr(ds->hdr->description, "ceiling_auc=");
@@ -192,9 +178,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
     r.tty = root && isatty(STDERR_FILENO);
     int rc = -1;
     float *sparse = NULL, *dense = NULL, *probs = NULL;
-    const ds_record **order = NULL;
-    batch x;
-    memset(&x, 0, sizeof x);
+    loader *ld = NULL;
     char *path = NULL, *ckpt_dir = NULL, *settings_text = NULL;
     float *int_prob = NULL, *all_probs = NULL;
     int32_t *int_label = NULL;
@@ -317,8 +301,6 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
                settings_stage_name(s->stage), W, (int)(s->batch_size / W), (int)((s->batch_size + W - 1) / W));
     fflush(stdout);
 
-    order = gp_xmalloc((size_t)r.n_train * sizeof *order);
-    batch_alloc(&x, my_B, (int)s->max_history, mc.w_item > 0 ? mc.n_negatives : 0);
     probs = gp_xmalloc((size_t)s->batch_size * sizeof *probs);
     int64_t int_n = st.interval_n;
     double t_start = gp_now(), t_interval = t_start;
@@ -346,31 +328,39 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
     int64_t fault_step = -1;
     if (getenv("GPSDREC_FAULT") && sscanf(getenv("GPSDREC_FAULT"), "%d:%" SCNd64, &fault_rank, &fault_step) != 2)
         fault_rank = -1;
+    loader_spec lsp = {.ds = &r.ds, .recs = r.train_recs, .n_recs = r.n_train, .seed = (uint64_t)s->seed,
+                       .shuffle = s->shuffle, .batch_size = s->batch_size, .grad_accum = s->grad_accum, .lo = my_lo,
+                       .B = my_B, .S = (int)s->max_history, .N = mc.w_item > 0 ? mc.n_negatives : 0,
+                       .n_items = (int64_t)r.ds.hdr->n_items, .steps_per_epoch = steps_per_epoch,
+                       .total_steps = total, .epoch = epoch, .epoch_step = es0, .step = step, .micro = micro,
+                       .prefetch = s->prefetch, .threads = omp_get_max_threads()};
+    if (loader_start(&ld, &lsp, e) != 0)
+        goto done_loop;
+    double wait_mark = 0; /* loader_wait_seconds at the start of the log interval */
+    int64_t wait_steps = 0; /* steps of this process in the log interval */
     for (; step < total; epoch++, es0 = 0) {
-        train_epoch_order(order, r.train_recs, r.n_train, (uint64_t)s->seed, epoch, s->shuffle);
         for (int64_t es = es0; es < steps_per_epoch && step < total; es++) {
             if (fault_rank == R && step == fault_step)
                 raise(SIGKILL);
             step_losses sl_sum = {0};
             for (int a = 0; a < s->grad_accum; a++) {
-                int64_t base = (es * s->grad_accum + a) * s->batch_size;
-                batch_fill(&x, &r.ds, order + base + my_lo, my_B);
-                x.first_seq = my_lo;
-                batch_sample_negatives(&x, (uint64_t)s->seed, (uint64_t)micro, (int64_t)r.ds.hdr->n_items);
+                batch *x = loader_next(ld, e);
+                if (!x)
+                    goto done_loop;
                 if (W > 1) {
                     /* Each loss part is averaged over the labelled positions of the whole global
                      * micro-batch, so the summed gradient equals one GPU's on the same batch. */
                     int64_t cnt[3];
-                    batch_label_counts(&x, &cnt[0], &cnt[1], &cnt[2]);
+                    batch_label_counts(x, &cnt[0], &cnt[1], &cnt[2]);
                     if (dist_allreduce_i64(dist, cnt, 3, e) != 0)
                         goto done_loop;
-                    x.norm_item = cnt[0];
-                    x.norm_cate = cnt[1];
-                    x.norm_rank = cnt[2];
-                    x.sync = a == s->grad_accum - 1;
+                    x->norm_item = cnt[0];
+                    x->norm_cate = cnt[1];
+                    x->norm_rank = cnt[2];
+                    x->sync = a == s->grad_accum - 1;
                 }
                 step_losses sl;
-                if (r.be->forward_backward(r.be, &x, 1.0f / (float)s->grad_accum, &sl,
+                if (r.be->forward_backward(r.be, x, 1.0f / (float)s->grad_accum, &sl,
                                            mc.w_rank > 0 ? probs : NULL, e) != 0) {
                     gp_wrap(e, "step %lld", (long long)step + 1);
                     goto done_loop;
@@ -383,15 +373,15 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
                 if (mc.w_rank > 0) {
                     /* the interval's training AUC sees every rank's predictions, in global order */
                     const float *p = probs;
-                    const int32_t *lab = x.click;
+                    const int32_t *lab = x->click;
                     void *gathered = NULL;
-                    int n_here = x.B;
+                    int n_here = x->B;
                     if (W > 1) {
-                        size_t bytes = (size_t)x.B * (sizeof(float) + sizeof(int32_t));
+                        size_t bytes = (size_t)x->B * (sizeof(float) + sizeof(int32_t));
                         char *mine = gp_xmalloc(bytes);
-                        for (int i = 0; i < x.B; i++) {
+                        for (int i = 0; i < x->B; i++) {
                             memcpy(mine + (size_t)i * 8, &probs[i], 4);
-                            memcpy(mine + (size_t)i * 8 + 4, &x.click[i], 4);
+                            memcpy(mine + (size_t)i * 8 + 4, &x->click[i], 4);
                         }
                         int grc = dist_allgather(dist, mine, bytes, &gathered, NULL, e);
                         free(mine);
@@ -432,6 +422,7 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
             if (r.be->optimizer_step(r.be, &h, &gnorm, e) != 0)
                 goto done_loop;
             step++;
+            wait_steps++;
             samples_interval += per_step;
             acc_loss += sl_sum.loss;
             acc_item += sl_sum.item_loss;
@@ -455,6 +446,11 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
                 json_num(r.log, "lr", h.lr);
                 json_num(r.log, "grad_norm", acc_norm / acc_steps);
                 json_num(r.log, "samples_per_s", sps);
+                /* time a step waited for its batches: near 0 while the loader keeps ahead */
+                const double wait_now = loader_wait_seconds(ld);
+                json_num(r.log, "data_wait_ms", wait_steps ? 1e3 * (wait_now - wait_mark) / (double)wait_steps : NAN);
+                wait_mark = wait_now;
+                wait_steps = 0;
                 json_num(r.log, "elapsed_s", now - t_start);
                 fprintf(r.log, "}\n");
                 fflush(r.log);
@@ -570,10 +566,9 @@ done:
     free(settings_text);
     free(int_prob);
     free(int_label);
-    free(order);
     free(probs);
     free(all_probs);
-    batch_free(&x);
+    loader_stop(ld);
     gp_free_aligned(sparse);
     gp_free_aligned(dense);
     if (r.log)

@@ -55,6 +55,7 @@ typedef struct gp_settings_s {
     int recompute_blocks;
     int recompute_ffn;
     int gemm_autotune;
+    int prefetch;
     int64_t threads;
     /* data parallelism */
     int64_t nproc;

@@ -3,7 +3,8 @@
  * One run = one stage (pretrain or finetune) with resolved settings:
  * - data: pretraining sequences (stage pretrain) or CTR train samples (finetune), reshuffled
  *   each epoch from gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, epoch); the last incomplete step of
- *   an epoch is dropped, as the official loader's drop_last does.
+ *   an epoch is dropped, as the official loader's drop_last does. The micro-batches come from
+ *   loader.h (built one ahead on a background thread when prefetch is on: the same batches).
  * - optimisation: grad_accum micro-batches per step (gradients averaged), global-norm clipping,
  *   AdamW; the learning rate warms up linearly (peak * (step+1) / warmup_steps) then follows a
  *   cosine from lr to min_lr over the remaining steps, exactly as the official schedule_lr.
@@ -39,11 +40,6 @@ typedef struct {
     double ceiling_auc;     /* from a synthetic dataset's description, NAN otherwise */
     char checkpoint[CFG_STR_MAX + 32];
 } train_result;
-
-/* The order in which epoch `epoch` visits the n training records: a Fisher-Yates shuffle driven
- * by gp_rng_stream(seed, RNG_PURPOSE_SHUFFLE, epoch), or the file order when shuffle is 0. */
-void train_epoch_order(const ds_record **order, const ds_record *recs, int64_t n, uint64_t seed, int64_t epoch,
-                       int shuffle);
 
 /* Learning rate at 0-based optimizer step `step` of `total` (official schedule_lr). */
 double train_lr_at(const gp_settings *s, int64_t step, int64_t total);

@@ -35,6 +35,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "dataset.h"
+#include "loader.h"
 #include "model.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -125,7 +126,7 @@ static int parity_select_batch(const gp_settings *s, const dataset *ds, int64_t 
     const ds_record **order = gp_alloc_or_fail((size_t)n * sizeof *order, "the epoch order", e);
     if (!order)
         return -1;
-    train_epoch_order(order, ds->split_begin[split], n, (uint64_t)s->seed, epoch, s->shuffle);
+    loader_epoch_order(order, ds->split_begin[split], n, (uint64_t)s->seed, epoch, s->shuffle);
     batch_fill(x, ds, order + in_epoch * s->batch_size, (int)s->batch_size);
     batch_sample_negatives(x, (uint64_t)s->seed, (uint64_t)micro, (int64_t)ds->hdr->n_items);
     gp_free_aligned(order);
