@@ -7,18 +7,22 @@
 #     steps.jsonl      build/bench_step per configuration of benchmarks/step_configs.txt (steps.txt)
 #     torch.jsonl      tools/torch_bench.py: our PyTorch model, same configurations (torch.txt;
 #                      torch_compile.log: the compile children's stderr)
+#     train.jsonl      benchmarks/train_bench.py: whole `gpsdrec train` runs at the same
+#                      configurations, data loading included, the loader's thread on and off
+#                      (train.txt; train_logs/: their log.jsonl files)
 #     summary.md       benchmarks/summarize.py over the JSON files
 #   Existing JSON files there are replaced, not appended to.
 #
-# Environment: BENCH_SKIP=kernels,steps,torch (phases to leave out), BENCH_CONFIGS (default
+# Environment: BENCH_SKIP=kernels,steps,train,torch (phases to leave out), BENCH_CONFIGS (default
 # benchmarks/step_configs.txt: the configurations of the steps and PyTorch phases), BENCH_VARIANTS
 # (default benchmarks/step_variants.txt: variant step runs, e.g. recompute_blocks), BENCH_STEPS (timed steps
-# per configuration, default 30), BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
+# per configuration, default 30), BENCH_TRAIN_STEPS (timed steps per training run, default 20),
+# BENCH_TORCH_BUDGET_S (the PyTorch phase, compilations
 # included, default 270), BENCH_TORCH_MODES (default fp32,bf16,compile), PYTHON (a python with
 # torch; default the first of python3, /opt/torch/.venv/bin/python3 that imports it), GIT_REV
 # (the revision, where the tree is not a git checkout or its .git is older than the tree),
 # BENCH_README=1 (also regenerate the README's step table from this run).
-# Time on one H200: kernels ~1 min, steps ~1 min, PyTorch <= BENCH_TORCH_BUDGET_S + ~30 s.
+# Time on one H200: kernels ~1 min, steps ~1 min, training runs ~1-2 min, PyTorch <= BENCH_TORCH_BUDGET_S + ~30 s.
 set -u
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -51,7 +55,7 @@ dirty=""
   echo "torch: $([ -n "$py" ] && "$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo none)"
   echo "git: $rev${dirty:+ (with uncommitted changes)}"
   echo "host: $(uname -srm), $(nproc) cores"
-  echo "command: ${BENCH_COMMAND:-make bench} (BENCH_SKIP=${BENCH_SKIP:-} BENCH_STEPS=$steps BENCH_TORCH_BUDGET_S=$budget BENCH_TORCH_MODES=$modes BENCH_CONFIGS=$configs)"
+  echo "command: ${BENCH_COMMAND:-make bench} (BENCH_SKIP=${BENCH_SKIP:-} BENCH_STEPS=$steps BENCH_TRAIN_STEPS=${BENCH_TRAIN_STEPS:-20} BENCH_TORCH_BUDGET_S=$budget BENCH_TORCH_MODES=$modes BENCH_CONFIGS=$configs)"
 } > "$out/machine.txt"
 cat "$out/machine.txt"
 say "results in $out"
@@ -95,6 +99,16 @@ if ! skip steps; then
     if [ -z "$line" ]; then say "variant $vname $vstage $suffix: no such configuration in $configs"; continue; fi
     run_step "$line" "$vname $vstage $suffix" "$extra"
   done
+fi
+
+if ! skip train; then
+  rm -f "$out/train.jsonl" "$out/train.txt"
+  say "train: benchmarks/train_bench.py, ${BENCH_TRAIN_STEPS:-20} timed steps per run (log in $out/train.log)"
+  timeout 420 python3 benchmarks/train_bench.py --configs "$configs" --out "$out" --steps "${BENCH_TRAIN_STEPS:-20}" \
+    > "$out/train.txt" 2>&1
+  rc=$?
+  cat "$out/train.txt"
+  [ $rc -eq 0 ] || say "train_bench.py exit $rc"
 fi
 
 if ! skip torch; then

@@ -8,7 +8,10 @@ recorded JSON alone; pure python3 standard library.
   benchmarks/summarize.py DIR --readme README.md replace the block between <!-- bench:begin -->
                                                  and <!-- bench:end --> with the step table
 
-DIR holds machine.txt, kernels.jsonl, steps.jsonl and torch.jsonl (any may be missing).
+DIR holds machine.txt, kernels.jsonl, steps.jsonl, train.jsonl and torch.jsonl (any may be
+missing). Training-run table (train.jsonl, benchmarks/train_bench.py): `gpsdrec train`'s median
+ms/step with the loader's thread on and off, the step's median wait for its batch, and the ratio to
+bench_step's ms/step in the same run (above 1: the whole job is slower than the step alone).
 Step table: gpsdrec's median ms/step, samples/s, tokens/s, peak GiB and MFU (bench_step); our
 PyTorch model in the same run (tools/torch_bench.py) per mode, ms and peak GiB; the speed-up
 (best PyTorch ms / gpsdrec ms, best = the fastest mode that ran), the memory ratio (gpsdrec's
@@ -212,6 +215,35 @@ def step_notes(steps, torch_rows):
     return "\n".join(notes)
 
 
+def train_table(train_rows, steps):
+    st = by_label(steps)
+    runs = {}
+    for r in train_rows:
+        runs.setdefault(r.get("label", "?"), {})[bool(r.get("prefetch"))] = r
+    head = ("| configuration | gpsdrec train ms/step, prefetch on (data wait ms) | prefetch off (data wait ms) | "
+            "bench_step ms/step | train / bench_step |")
+    lines = [head, "|---|---|---|---|---|"]
+
+    def cell(r):
+        if r is None:
+            return "—"
+        if "error" in r:
+            return "fails: " + r["error"][:60].replace("|", "/")
+        wait = r.get("data_wait_ms")
+        return f"{r['ms_per_step']:.2f} ({fnum(wait, '{:.2f}')})"
+
+    for label, by_pf in runs.items():
+        on, off = by_pf.get(True), by_pf.get(False)
+        s = st.get(label)
+        ratio = "—"
+        best = on if on and "ms_per_step" in on else off if off and "ms_per_step" in off else None
+        if s and best:
+            ratio = f"{best['ms_per_step'] / s['ms_per_step']:.2f}" + ("" if best is on else " (prefetch off)")
+        lines.append("| " + " | ".join([label, cell(on), cell(off), f"{s['ms_per_step']:.2f}" if s else "—", ratio])
+                     + " |")
+    return "\n".join(lines)
+
+
 def ceilings(kernels):
     out = {}
     for r in kernels:
@@ -261,6 +293,7 @@ def summary(d, brief=False):
     kernels = read_jsonl(os.path.join(d, "kernels.jsonl"))
     steps = read_jsonl(os.path.join(d, "steps.jsonl"))
     torch_rows = read_jsonl(os.path.join(d, "torch.jsonl"))
+    train_rows = read_jsonl(os.path.join(d, "train.jsonl"))
     out = []
     if not brief:
         out.append(f"# Benchmarks: {machine.get('gpu', '?')}, {machine.get('date', '?')}")
@@ -282,6 +315,16 @@ def summary(d, brief=False):
         out.append("")
         out.append(step_notes(steps, torch_rows))
         out.append("")
+        if train_rows:
+            out.append("## Training runs (gpsdrec train on synthetic data, data loading included)")
+            out.append("")
+            t0 = next((r for r in train_rows if "timing" in r), {})
+            out.append(f"benchmarks/train_bench.py: {t0.get('warmup', '?')} warm-up steps, then the median of "
+                       f"{t0.get('steps_asked', '?')}; {t0.get('timing', 'host clock per step')}. Data wait = the "
+                       "median time a step waited for its micro-batch (records read, negatives drawn).")
+            out.append("")
+            out.append(train_table(train_rows, steps))
+            out.append("")
         out.append("## Kernels against the ceilings and the simplest alternative")
         out.append("")
         out.append("GB/s = the fewest bytes the job must move / time; TFLOP/s = useful FLOPs / time; "

@@ -129,6 +129,62 @@ TEST(bench_summary_readme_block)
     free(out);
 }
 
+/* The training-run table from the fixture's train.jsonl: both loader settings, the ratio to
+ * bench_step's 14.2267 ms (15.0 / 14.2267 = 1.05), a failed run, and the prefetch-off figure
+ * standing in when the prefetched run failed (180 / bench_step's L24H1024A16 finetune). */
+TEST(bench_summary_train_table)
+{
+    int st;
+    char *out = summarize(FIXTURE, &st);
+    REQUIRE(st == 0, "summarize.py exited %d", st);
+    CHECK(strstr(out, "## Training runs") && strstr(out, "3 warm-up steps, then the median of 20"), "%s", out);
+    CHECK(strstr(out, "| L4H64A4 pretrain | 15.00 (0.02) | 15.90 (0.88) | 14.23 | 1.05 |"), "%s", out);
+    CHECK(strstr(out, "| L24H1024A16 finetune | fails: gpsdrec train exit 1: out of memory | 180.00 (0.40) |") &&
+              strstr(out, "(prefetch off) |"),
+          "%s", out);
+    free(out);
+}
+
+/* benchmarks/train_bench.py end to end on the CPU backend with a tiny configuration: a dataset
+ * written, both loader settings run and parsed; then a malformed configuration line. */
+TEST(train_bench_runs_tiny_configuration)
+{
+    char dir[700], cfg[800], cmd[2400], *out = NULL;
+    snprintf(dir, sizeof dir, "%s/train_bench", test_tmp_dir());
+    snprintf(cfg, sizeof cfg, "%s/train_bench_configs.txt", test_tmp_dir());
+    FILE *f = fopen(cfg, "w");
+    REQUIRE(f, "cannot write %s", cfg);
+    fprintf(f, "# name stage layers dim heads seq batch items negatives freeze\nT1 pretrain 1 16 2 12 32 3000 64 false\n");
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "python3 benchmarks/train_bench.py --configs %s --out %s --steps 4 --warmup 2 --device cpu "
+             "--gpsdrec %s 2>&1", cfg, dir, test_binary());
+    int st = test_run_capture(cmd, &out);
+    REQUIRE(st == 0, "train_bench.py exited %d:\n%s", st, out);
+    CHECK(strstr(out, "[train] T1 pretrain prefetch on: ") && strstr(out, "[train] T1 pretrain prefetch off: "), "%s", out);
+    free(out);
+    char path[900], *text = NULL;
+    gp_err e;
+    snprintf(path, sizeof path, "%s/train.jsonl", dir);
+    REQUIRE(gp_read_file(path, &text, NULL, &e) == 0, "%s", e.msg);
+    int rows = 0;
+    for (const char *p = text; (p = strstr(p, "\"ms_per_step\": ")); p++) {
+        CHECK(strtod(p + 15, NULL) > 0, "ms_per_step %.20s", p + 15);
+        rows++;
+    }
+    CHECK(rows == 2 && strstr(text, "\"steps\": 4,") && strstr(text, "\"data_wait_ms\": ") && !strstr(text, "error"),
+          "%s", text);
+    free(text);
+    snprintf(path, sizeof path, "%s/train_data", dir);
+    CHECK(!test_file_exists(path), "the datasets were left in %s", path);
+    f = fopen(cfg, "w");
+    REQUIRE(f, "cannot write %s", cfg);
+    fprintf(f, "T1 pretrain 1 16 2 12 32 3000 64\n");
+    fclose(f);
+    st = test_run_capture(cmd, &out);
+    CHECK(st != 0 && strstr(out, "train_bench_configs.txt:1: expected 10 columns, got 9"), "status %d: %s", st, out);
+    free(out);
+}
+
 /* benchmarks/kernel_profile.py on two hand-made ncu captures (tests/kernel_profile/: set-up kernels
  * in both, 2 and 4 steps of k_a x2 + gemm_b x1): one step's kernels are the difference over 2 steps,
  * the raw page (µs, a units row) and the details page (ns with thousands separators) agree. */
