@@ -127,6 +127,44 @@ fail:
     return rc;
 }
 
+static int h2d_op(void *p, cudaStream_t s, gp_err *e)
+{
+    copy_ctx *c = p;
+    CU(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyHostToDevice, s));
+    return 0;
+fail:
+    return -1;
+}
+
+int bench_h2d_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
+{
+    void *host = NULL, *dst = NULL;
+    cudaStream_t s = NULL;
+    int rc = -1;
+    CU(cudaMallocHost(&host, bytes));
+    random_bf16(host, bytes / 2, 0xC0B2);
+    CU(cudaMalloc(&dst, bytes));
+    CU(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    copy_ctx c = {dst, host, bytes};
+    double t[3];
+    if (time_op(h2d_op, &c, 2, reps, s, t, e) != 0)
+        goto fail;
+    out->median_ms = t[0];
+    out->median = (double)bytes / (t[0] * 1e-3) / 1e9;
+    out->min = (double)bytes / (t[2] * 1e-3) / 1e9;
+    out->max = (double)bytes / (t[1] * 1e-3) / 1e9;
+    out->reps = reps;
+    rc = 0;
+fail:
+    if (dst)
+        cudaFree(dst);
+    if (host)
+        cudaFreeHost(host);
+    if (s)
+        cudaStreamDestroy(s);
+    return rc;
+}
+
 typedef struct {
     gemm_ctx *g;
     gemm_args a;
@@ -194,6 +232,12 @@ int bench_copy_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
 {
     (void)bytes, (void)reps, (void)out;
     return gp_fail(e, "the copy ceiling needs a CUDA build");
+}
+
+int bench_h2d_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
+{
+    (void)bytes, (void)reps, (void)out;
+    return gp_fail(e, "the host-to-device ceiling needs a CUDA build");
 }
 
 int bench_gemm_ceiling(int n, int reps, bench_ceiling *out, gp_err *e)

@@ -71,9 +71,12 @@ int main(int argc, char **argv)
            prop.multiProcessorCount, prop.l2CacheSize / 1e6, prop.totalGlobalMem / 1e9, reps);
     bk_progress("ceilings");
     gp_err e = {{0}};
-    bench_ceiling copy, gemm;
+    bench_ceiling copy, gemm, h2d;
     size_t copy_bytes = (size_t)(copy_gib * (double)(1ull << 30));
-    if (bench_copy_ceiling(copy_bytes, 20, &copy, &e) != 0 || bench_gemm_ceiling(8192, 20, &gemm, &e) != 0) {
+    /* 20 MiB: the size of the L4H64A4 pretraining step's metadata copy */
+    const size_t h2d_bytes = (size_t)20 << 20;
+    if (bench_copy_ceiling(copy_bytes, 20, &copy, &e) != 0 || bench_gemm_ceiling(8192, 20, &gemm, &e) != 0 ||
+        bench_h2d_ceiling(h2d_bytes, 20, &h2d, &e) != 0) {
         fprintf(stderr, "bench_kernels: %s\n", e.msg);
         return 1;
     }
@@ -84,6 +87,10 @@ int main(int argc, char **argv)
            copy.median, copy_gib, copy.min, copy.max);
     printf("GEMM ceiling: %.1f TFLOP/s (bf16 8192^3 through cuBLASLt, fp32 accumulation; min %.1f max %.1f)\n",
            gemm.median, gemm.min, gemm.max);
+    printf("host-to-device: %.1f GB/s (pinned cudaMemcpyAsync of %.0f MiB: %.3f ms; min %.1f max %.1f)\n", h2d.median,
+           (double)h2d_bytes / (1 << 20), h2d.median_ms, h2d.min, h2d.max);
+    ceiling_json(json, "h2d_pinned", "GB/s", &h2d, "cudaMemcpyAsync pinned host to device, bytes / time",
+                 (double)h2d_bytes);
     ceiling_json(json, "copy", "GB/s", &copy, "cudaMemcpyAsync device to device, 2 x bytes / time", (double)copy_bytes);
     ceiling_json(json, "gemm_bf16", "TFLOP/s", &gemm, "cuBLASLt via csrc/cuda/gemm.c, bf16 in/out, fp32 accumulate, 2n^3 / time",
                  8192);

@@ -263,6 +263,11 @@ def ceiling_lines(kernels):
         r = c["gemm_bf16"]
         lines.append(f"- GEMM ceiling: {r['median']:.1f} TFLOP/s ({r['how']}, {r['size']:.0f}^3, median of "
                      f"{r['reps']}; min {r['min']:.1f}, max {r['max']:.1f})")
+    if "h2d_pinned" in c:
+        r = c["h2d_pinned"]
+        lines.append(f"- host-to-device: {r['median']:.1f} GB/s ({r['how']}, {r['size'] / 2**20:.0f} MiB in "
+                     f"{r['median_ms']:.3f} ms, median of {r['reps']}; min {r['min']:.1f}, max {r['max']:.1f}): "
+                     "the link each step's batch metadata crosses")
     return lines
 
 

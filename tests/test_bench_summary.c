@@ -72,6 +72,8 @@ TEST(bench_summary_step_table)
     REQUIRE(row_of(out, "L24H1024A16 finetune +recompute", row, sizeof row), "no recompute row:\n%s", out);
     CHECK(strstr(row, "| 0.12 |") && strstr(row, "55% MFU; memory <= 1/3 | missed (MFU 44.0%) |"), "%s", row);
     CHECK(strstr(out, "copy ceiling: 4300 GB/s") && strstr(out, "GEMM ceiling: 790.0 TFLOP/s"), "ceilings:\n%s", out);
+    CHECK(strstr(out, "host-to-device: 52.4 GB/s (cudaMemcpyAsync pinned host to device, bytes / time, 20 MiB in 0.400 ms"),
+          "host-to-device line:\n%s", out);
     free(out);
 }
 
