@@ -11,10 +11,13 @@
  * benchmark table of DESIGN.md; ids are fresh random draws every step.
  *
  * Timing: warm-up steps first, then each step timed on the host clock from before
- * forward_backward to after optimizer_step. That is the step's device time plus its host work
- * (batch packing and upload, launches): the step ends with a device synchronisation anyway (the
- * optimizer reads the gradient norm back, the forward reads the loss sums), so no device work
- * is left outside the interval. The median is reported, with min and max.
+ * forward_backward to a device synchronisation after optimizer_step. That is the step's device
+ * time plus its host work (batch packing and upload, launches). The synchronisation matters:
+ * optimizer_step reads the gradient norm back and then only enqueues AdamW and the gradient
+ * zeroing, so without it their device time (0.7 ms at L4H64A4 pretraining, 3.3 ms at
+ * L24H1024A16) ran during the untimed building of the next batch and was left out of the figure
+ * (until 2026-12-07). PyTorch's figure (tools/torch_bench.py) has every kernel of its step in its
+ * events too. The median is reported, with min and max.
  *
  * MFU: model FLOPs per step as benchmarks/step_flops.h counts them, divided by the median step
  * time and by a bf16 GEMM ceiling, measured in this process before the model is built (8192^3
@@ -158,6 +161,8 @@ int main(int argc, char **argv)
     model_init_params(&ml, sparse, dense, 17);
     if (be->set_params(be, sparse, dense, &e) != 0)
         goto fail;
+    const int on_cuda = strcmp(be->name, "cuda") == 0;
+    (void)on_cuda;
     batch x;
     batch_alloc(&x, (int)s.batch_size, (int)s.max_history, mc.w_item > 0 ? mc.n_negatives : 0);
     double *times = gp_xcalloc((size_t)steps, sizeof(double));
@@ -169,6 +174,15 @@ int main(int argc, char **argv)
         double gn, t0 = gp_now();
         if (be->forward_backward(be, &x, 1.0f, &sl, NULL, &e) != 0 || be->optimizer_step(be, &h, &gn, &e) != 0)
             goto fail;
+#ifdef GPSDREC_WITH_CUDA
+        if (on_cuda) {
+            cudaError_t ce = cudaDeviceSynchronize();
+            if (ce != cudaSuccess) {
+                gp_fail(&e, "step %d: %s", i + 1, cudaGetErrorString(ce));
+                goto fail;
+            }
+        }
+#endif
         double dt = gp_now() - t0;
         if (i >= warmup)
             times[i - warmup] = dt;
@@ -219,7 +233,7 @@ int main(int argc, char **argv)
                 "\"batch\":%lld,\"seq\":%lld,\"items\":%lld,\"cates\":%lld,\"negatives\":%lld,\"freeze_sparse\":%d,"
                 "\"causal\":%d,\"ms_per_step\":%.4f,\"ms_min\":%.4f,\"ms_max\":%.4f,\"samples_per_s\":%.1f,"
                 "\"tokens_per_s\":%.1f,\"peak_gib\":%s,\"allocated_gib\":%s,\"steps\":%d,\"warmup\":%d,\"loss\":%.6f,"
-                "\"timing\":\"host clock per step (forward_backward + optimizer_step, which ends in a device sync), median\","
+                "\"timing\":\"host clock per step (forward_backward + optimizer_step + a device synchronisation), median\","
                 "\"model_flops_per_step\":%.6e,\"flops_blocks\":%.6e,\"flops_projectors\":%.6e,"
                 "\"flops_attention\":%.6e,\"flops_item_head\":%.6e,\"flops_cate_head\":%.6e,\"flops_rank_head\":%.6e,"
                 "\"model_tflops\":%.3f,\"ceiling_tflops\":%s,\"ceiling_source\":\"%s\",\"mfu\":%s,"
