@@ -111,6 +111,12 @@ struct cuda_model {
     void *meta_host, *meta_dev;
     size_t meta_bytes;
     cu_meta mh, md;
+    /* The metadata copy runs on its own stream, so that in a training loop it overlaps the
+     * previous step's AdamW instead of queueing behind it (the step's stream waits for
+     * meta_copied); it waits for meta_free, recorded after the last kernel that reads meta_dev,
+     * and upload_batch waits for meta_copied before it rewrites the pinned block. */
+    cudaStream_t copy_stream;
+    cudaEvent_t meta_copied, meta_free;
 };
 
 /* ---- memory plan ------------------------------------------------------------------------ */
@@ -609,6 +615,9 @@ cuda_model *cuda_model_create(const model_layout *l, const backend_opts *opts, g
         CU(cudaSetDevice(dist_local_rank(opts->dist) % n_dev));
     }
     CU(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+    CU(cudaStreamCreateWithFlags(&m->copy_stream, cudaStreamNonBlocking));
+    CU(cudaEventCreateWithFlags(&m->meta_copied, cudaEventDisableTiming));
+    CU(cudaEventCreateWithFlags(&m->meta_free, cudaEventDisableTiming));
     m->gemm = gemm_create(GEMM_WORKSPACE, e);
     if (!m->gemm)
         goto fail;
@@ -691,6 +700,12 @@ void cuda_model_destroy(cuda_model *m)
     gemm_destroy(m->gemm);
     if (m->stream)
         cudaStreamDestroy(m->stream);
+    if (m->copy_stream)
+        cudaStreamDestroy(m->copy_stream);
+    if (m->meta_copied)
+        cudaEventDestroy(m->meta_copied);
+    if (m->meta_free)
+        cudaEventDestroy(m->meta_free);
     free(m->dev_off);
     free(m->lo);
     free(m->xs);
@@ -881,6 +896,10 @@ static int upload_batch(cuda_model *m, const batch *x, int need_item, batch_shap
         return gp_fail(e, "batch has %d history slots, the model %d", x->S, S);
     if (need_item && x->N != c->n_negatives)
         return gp_fail(e, "batch has %d negatives per sequence, the model %d", x->N, c->n_negatives);
+    /* the previous batch's copy out of the pinned block (normally long done) */
+    cudaError_t ce = cudaEventSynchronize(m->meta_copied);
+    if (ce != cudaSuccess)
+        return gp_fail(e, "waiting for the previous batch's metadata copy: %s", cudaGetErrorString(ce));
     cu_meta *h = &m->mh;
     int T = 0;
     for (int b = 0; b < x->B; b++) {
@@ -1398,20 +1417,32 @@ static int attention_for_batch(cuda_model *m, gp_err *e)
  * the last training batch instead of the evaluation batch). */
 static int meta_to_device(cuda_model *m, gp_err *e)
 {
-    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->stream));
+    CU(cudaStreamWaitEvent(m->copy_stream, m->meta_free, 0));
+    CU(cudaMemcpyAsync(m->meta_dev, m->meta_host, m->meta_bytes, cudaMemcpyHostToDevice, m->copy_stream));
+    CU(cudaEventRecord(m->meta_copied, m->copy_stream));
+    CU(cudaStreamWaitEvent(m->stream, m->meta_copied, 0));
     return 0;
 fail:
     return -1;
 }
 
-/* Everything one micro-batch puts on the stream: the metadata copy, the forward, the heads and
- * (optionally) the backward. Host-side only in what it enqueues, so it can be captured. */
+/* After the last kernel that reads meta_dev for this batch is on the stream: the next batch's
+ * copy may overwrite it once they are done. */
+static int meta_release(cuda_model *m, gp_err *e)
+{
+    CU(cudaEventRecord(m->meta_free, m->stream));
+    return 0;
+fail:
+    return -1;
+}
+
+/* Everything one micro-batch puts on the stream after its metadata copy (meta_to_device, outside
+ * any capture: it runs on the copy stream): the forward, the heads and (optionally) the backward.
+ * Host-side only in what it enqueues, so it can be captured. */
 static int enqueue_step(cuda_model *m, const batch_shape *bs, float grad_scale, int backward, int want_rank, gp_err *e)
 {
     const model_config *c = &m->c;
     const int T = bs->T;
-    if (meta_to_device(m, e) != 0)
-        return -1;
     if (forward_trunk(m, T, e) != 0)
         return -1;
     if (backward) {
@@ -1493,7 +1524,7 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
      * the second time a shape is seen in a row, replayed while it stays the same. Changing
      * shapes launch kernel by kernel, since capturing each would cost more than it saves. */
     m->sync_now = backward && m->gsync && x->sync;
-    if (attention_for_batch(m, e) != 0)
+    if (attention_for_batch(m, e) != 0 || meta_to_device(m, e) != 0)
         return -1;
     struct step_sig sig = {bs.T,     bs.P_item, bs.P_cate,   bs.rank_count, m->B_cur, backward, want_rank,
                            m->sync_now, m->attn_cudnn_now, bs.n_item, bs.n_cate, bs.n_rank, grad_scale};
@@ -1505,6 +1536,8 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
     } else if (enqueue_step(m, &bs, grad_scale, backward, want_rank, e) != 0) {
         return -1;
     }
+    if (meta_release(m, e) != 0)
+        return -1;
     m->last_sig = sig;
     m->have_last = 1;
     double sums[4];
@@ -1595,6 +1628,8 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
         CU(k_count_greater(m->rank_count, m->rank_scores, cols, m->rank_target_score, m->md.target_item, Bc, cols, v0,
                            s));
     }
+    if (meta_release(m, e) != 0)
+        return -1;
     CU(cudaMemcpyAsync(rank, m->rank_count, sizeof(int64_t) * (size_t)Bc, cudaMemcpyDeviceToHost, s));
     CU(cudaStreamSynchronize(s));
     return 0;
