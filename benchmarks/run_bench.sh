@@ -30,6 +30,11 @@ say() { echo "[$(($(date +%s) - T0)) s] $*"; }
 skip() { case ",${BENCH_SKIP:-}," in *",$1,"*) return 0 ;; esac; return 1; }
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+if [ -z "$gpu" ]; then
+  # without one, bench_step would fall back to the CPU backend and spend hours on the paper's sizes
+  echo "make bench: no NVIDIA GPU visible (nvidia-smi lists none); these benchmarks time the CUDA backend" >&2
+  exit 2
+fi
 slug=$(printf '%s' "${gpu:-nogpu}" | tr 'A-Z' 'a-z' | sed 's/nvidia//g; s/[^a-z0-9][^a-z0-9]*/-/g; s/^-//; s/-$//')
 out=${BENCH_OUT:-benchmarks/results/$(date -u +%Y-%m-%d)_${slug:-gpu}}
 mkdir -p "$out" || exit 1
