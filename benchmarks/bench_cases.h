@@ -23,7 +23,7 @@ int bk_ffn_hidden(int dim);
 void bk_cases_rows(void); /* norms, RoPE, SwiGLU, conversions (bench_kernels_rows.c) */
 void bk_cases_gather(void); /* embeddings, gathers, scatter-adds, L2 norms, heads' row ops (bench_kernels_gather.c) */
 void bk_cases_attn(void); /* attention forward and backward (bench_kernels_attn.c) */
-void bk_cases_misc(void);
-void bk_cases_gemm(void); /* the linear layers' cuBLASLt algorithms (bench_kernels_gemm.c) */ /* losses, optimizer, reductions, evaluation, row exchange (bench_kernels_misc.c) */
+void bk_cases_misc(void); /* losses, optimizer, reductions, evaluation, row exchange (bench_kernels_misc.c) */
+void bk_cases_gemm(void); /* the linear layers' cuBLASLt algorithms (bench_kernels_gemm.c) */
 
 #endif

@@ -142,7 +142,13 @@ int attention_probe(cudnn_attn *ca, const attn_probe *p, int reps, cudaStream_t 
     gp_rng rng = gp_rng_stream(1, RNG_PURPOSE_TEST, 0xA77E, 0);
     for (size_t i = 0; i < n_qkv; i++)
         h[i] = to_bf16((float)gp_rng_normal(&rng));
-    CU(cudaMalloc((void **)&pristine, n_qkv * 2));
+    if (cudaMalloc((void **)&pristine, n_qkv * 2) != cudaSuccess) {
+        (void)cudaGetLastError();
+        pristine = NULL;
+        gp_fail(e, "no device memory for the probe's %.0f MiB copy of its inputs", (double)n_qkv * 2 / (1 << 20));
+        free(h), free(own_out), free(own_g), free(cd_out), free(cd_g), free(cd_g2);
+        return 1;
+    }
     CU(cudaMemcpyAsync(pristine, h, n_qkv * 2, cudaMemcpyHostToDevice, s));
     for (size_t i = 0; i < n_out; i++)
         h[i] = to_bf16((float)gp_rng_normal(&rng));

@@ -8,10 +8,14 @@
  * median per call. Each implementation's time includes the rotary embedding as the model applies
  * it: folded into the own kernels where rope_cs is given (k_attention_rope_*), else the two
  * k_rope_qk passes around the attention, as always around cuDNN's. The probe restores the qkv
- * inputs before every run (untimed), since k_rope_qk rotates them in place. It also runs cuDNN's backward twice on the same inputs and compares the
- * gradients bit for bit, since the trainer promises reproducible runs; and it reports the largest
- * difference between the two implementations' outputs relative to the largest output magnitude,
- * so a wrong graph is never picked for speed. Everything runs on stream `s` and synchronises. */
+ * inputs before every run (untimed) from a device copy, since k_rope_qk rotates them in place.
+ * It also runs cuDNN's backward twice on the same inputs and compares the gradients bit for bit,
+ * since the trainer promises reproducible runs; and it reports the largest difference between
+ * the two implementations' outputs relative to the largest output magnitude, so a wrong graph is
+ * never picked for speed. Everything runs on stream `s` and synchronises.
+ * Returns 0 with r filled, -1 with e set on an error, and 1 (e says why) where the device has no
+ * room for the probe's copy of the inputs: the caller then keeps the own kernels, which need no
+ * extra memory, rather than fail. */
 #ifndef GPSDREC_CUDA_ATTENTION_PICK_H
 #define GPSDREC_CUDA_ATTENTION_PICK_H
 

@@ -378,14 +378,17 @@ void gemm_autotune_counts(const gemm_ctx *g, int *tuned, int *changed)
 
 /* Chooses the entry's algorithm by timing the heuristic's first candidates on the product `a`,
  * into a scratch copy of C (the caller's C is neither written nor, for beta != 0, accumulated
- * into). Skipped while `s` is being captured into a graph: the class keeps the heuristic's first. */
+ * into). A class first seen while `s` is being captured into a graph, or whose scratch copy does
+ * not fit in device memory, keeps the heuristic's first for good: every product of a class uses
+ * one algorithm, and the optional tuning never fails a run. */
 static int tune_entry(gemm_ctx *g, gemm_entry *en, const gemm_args *a, cudaStream_t s, gp_err *e)
 {
+    void *scratch = NULL;
+    en->tuned = 1;
     enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
     CU(cudaStreamIsCapturing(s, &cap));
     if (cap != cudaStreamCaptureStatusNone)
         return 0;
-    en->tuned = 1;
     cublasLtMatmulHeuristicResult_t res[GEMM_SURVEY_MAX];
     int found = 0;
     if (heuristic(g, en, g->tune_candidates, res, &found, e) != 0)
@@ -396,8 +399,10 @@ static int tune_entry(gemm_ctx *g, gemm_entry *en, const gemm_args *a, cudaStrea
     const int batch = a->batch > 0 ? a->batch : 1;
     const size_t c_bytes = ((size_t)(batch - 1) * (size_t)a->stride_c + (size_t)(a->M - 1) * (size_t)a->ldc +
                             (size_t)a->N) * el;
-    void *scratch = NULL;
-    CU(cudaMalloc(&scratch, c_bytes));
+    if (cudaMalloc(&scratch, c_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
     if (a->beta != 0.0f)
         CU(cudaMemcpyAsync(scratch, a->C, c_bytes, cudaMemcpyDeviceToDevice, s));
     int best = -1;
@@ -409,7 +414,9 @@ static int tune_entry(gemm_ctx *g, gemm_entry *en, const gemm_args *a, cudaStrea
         if (ms > 0 && (best < 0 || ms < best_ms))
             best = i, best_ms = ms;
     }
-    CU(cudaFree(scratch));
+    cudaError_t fe = cudaFree(scratch);
+    scratch = NULL;
+    CU(fe);
     if (best >= 0) {
         en->algo = res[best].algo;
         g->n_tuned++;

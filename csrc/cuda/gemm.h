@@ -41,8 +41,8 @@ int gemm_run(gemm_ctx *g, const gemm_args *a, cudaStream_t s, gp_err *e);
 
 /* For benchmarks: the cuBLASLt heuristic's first max_algos (<= GEMM_SURVEY_MAX) algorithms for
  * the product `a`, each run 2 + reps times on a's buffers (C is overwritten, or accumulated into
- * where beta != 0) and timed with CUDA events. ms[0] is the algorithm gemm_run uses (the
- * heuristic's first); ms[i] < 0 where algorithm i does not run at the exact size. */
+ * where beta != 0) and timed with CUDA events. ms[0] is the heuristic's first, the one gemm_run
+ * uses unless autotuning chose another; ms[i] < 0 where algorithm i does not run at the exact size. */
 #define GEMM_SURVEY_MAX 16
 typedef struct {
     int n;

@@ -526,18 +526,22 @@ static int choose_attention(cuda_model *m, gp_err *e)
                     .rope_cs = m->rope_cs, .rope_theta = c->rope_theta, .n_seq = m->B, .max_len = L1,
                     .n_heads = m->H, .head_dim = c->head_dim, .causal = c->causal};
     attn_probe_result r;
-    if (attention_probe(ca, &p, 9, m->stream, &r, e) != 0) {
+    gp_err pe = {{0}};
+    const int probed = attention_probe(ca, &p, 9, m->stream, &r, &pe);
+    if (probed < 0) {
         cudnn_attn_destroy(ca);
-        return -1;
+        return gp_fail(e, "%s", pe.msg);
     }
-    int agree = r.max_rel_diff_out <= ATTN_AGREE_OUT && r.max_rel_diff_grad <= ATTN_AGREE_GRAD;
-    int64_t vote = r.cudnn_deterministic && agree && r.ms_cudnn < r.ms_own;
+    int agree = probed == 0 && r.max_rel_diff_out <= ATTN_AGREE_OUT && r.max_rel_diff_grad <= ATTN_AGREE_GRAD;
+    int64_t vote = probed == 0 && r.cudnn_deterministic && agree && r.ms_cudnn < r.ms_own;
     if (dist_world(m->opts.dist) > 1 && dist_allreduce_i64(m->opts.dist, &vote, 1, e) != 0) {
         cudnn_attn_destroy(ca);
         return -1;
     }
     int use = vote == dist_world(m->opts.dist);
-    if (verbose)
+    if (verbose && probed == 1)
+        fprintf(stderr, "gpsdrec: attention probe skipped (%s): using the own kernels\n", pe.msg);
+    else if (verbose)
         fprintf(stderr,
                 "gpsdrec: attention (%d sequences x %d positions, %d heads of %d%s), forward + backward per layer: "
                 "own kernels %.3f ms, cuDNN %s %.3f ms (%sdeterministic, differs by %.1e / %.1e): using %s\n",
