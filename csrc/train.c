@@ -337,7 +337,8 @@ int train_run(const gp_settings *s, const cfg_assignment **origin, dist_ctx *dis
                        /* A quarter of the cores: enough to build a batch well within a step (the
                         * 2.1M negatives of L4H64A4 take about 1 ms on 4 cores against an 8 ms step),
                         * while a full team's idle spinning would compete with the backend's own
-                        * OpenMP loops: 27% slower CPU steps measured with the whole team. */
+                        * OpenMP loops: 35% slower CPU steps measured with the whole team
+                        * (benchmarks/results/2026-12-07_cpu_loader). */
                        .threads = GP_MAX(1, omp_get_max_threads() / 4)};
     if (loader_start(&ld, &lsp, e) != 0)
         goto done_loop;
