@@ -103,7 +103,7 @@ int loader_start(loader **out, const loader_spec *sp, gp_err *e)
 {
     *out = NULL;
     if (sp->B < 1 || sp->lo < 0 || sp->lo + sp->B > sp->batch_size || sp->grad_accum < 1 || sp->steps_per_epoch < 1 ||
-        sp->total_steps < sp->step || sp->steps_per_epoch * sp->grad_accum * sp->batch_size > sp->n_recs)
+        sp->steps_per_epoch * sp->grad_accum * sp->batch_size > sp->n_recs)
         return gp_fail(e, "loader: inconsistent schedule (rank share [%d, %d) of %lld sequences, %lld x %lld per step, "
                           "%lld steps an epoch over %lld records)",
                        sp->lo, sp->lo + sp->B, (long long)sp->batch_size, (long long)sp->batch_size,
@@ -118,7 +118,8 @@ int loader_start(loader **out, const loader_spec *sp, gp_err *e)
     L->epoch = sp->epoch;
     L->es = sp->epoch_step;
     L->micro = sp->micro;
-    L->n_total = (sp->total_steps - sp->step) * sp->grad_accum;
+    /* a run resumed past a schedule since shortened has nothing left to train */
+    L->n_total = sp->total_steps > sp->step ? (sp->total_steps - sp->step) * sp->grad_accum : 0;
     pthread_mutex_init(&L->mu, NULL);
     pthread_cond_init(&L->cv, NULL);
     if (sp->prefetch && L->n_total > 0) {

@@ -6,7 +6,8 @@
  * Contract
  * - The schedule: from (epoch, epoch_step) on, for each epoch the record order
  *   loader_epoch_order gives, steps epoch_step .. steps_per_epoch - 1, each of
- *   grad_accum micro-batches, until total_steps optimizer steps have been counted from `step`.
+ *   grad_accum micro-batches, until total_steps optimizer steps have been counted from `step`
+ *   (none when step >= total_steps: a run resumed past a shortened schedule).
  *   Micro-batch a of epoch step es holds this rank's share [lo, lo + B) of the global micro-batch
  *   of records order[(es * grad_accum + a) * batch_size ...], first_seq = lo, and the negatives of
  *   micro-step `micro` (counted on from spec.micro), as batch_fill and batch_sample_negatives

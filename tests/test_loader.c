@@ -136,10 +136,15 @@ TEST(loader_stops_early_and_rejects_a_bad_schedule)
     sp.steps_per_epoch = sp.n_recs; /* more steps than the records fill */
     CHECK(loader_start(&L, &sp, &e) != 0 && strstr(e.msg, "inconsistent schedule"), "%s", e.msg);
     sp = spec_of(&ds, 0);
-    sp.step = sp.total_steps; /* nothing left to run: a valid, empty schedule */
-    REQUIRE(loader_start(&L, &sp, &e) == 0, "%s", e.msg);
-    CHECK(loader_next(L, &e) == NULL, "an empty schedule gave a batch");
-    loader_stop(L);
+    for (int past = 0; past <= 3; past += 3) {
+        /* nothing left to run (past: resumed beyond a schedule since shortened): valid and empty */
+        sp = spec_of(&ds, past > 0);
+        sp.step = sp.total_steps + past;
+        REQUIRE(loader_start(&L, &sp, &e) == 0, "step %lld of %lld: %s", (long long)sp.step,
+                (long long)sp.total_steps, e.msg);
+        CHECK(loader_next(L, &e) == NULL, "an empty schedule gave a batch");
+        loader_stop(L);
+    }
     dataset_close(&ds);
     free(path);
 }

@@ -291,6 +291,21 @@ TEST(train_prefetch_changes_nothing_but_timing)
     free(data);
 }
 
+/* A run resumed from a checkpoint beyond a schedule since shortened trains nothing more, and still
+ * evaluates and saves the model (as before the loader, which once refused the empty schedule). */
+TEST(train_resume_past_a_shortened_schedule)
+{
+    char *data = synth_small("shorter.gpsd");
+    train_result r1, r2;
+    gp_err e = {{0}};
+    REQUIRE(run_train(data, "max_steps = 6\nstop_after_steps = 4\n", "shorter", &r1, &e) == 0, "%s", e.msg);
+    CHECK(r1.stopped && r1.steps == 4, "stopped %d at %lld", r1.stopped, (long long)r1.steps);
+    REQUIRE(run_train(data, "max_steps = 3\n", "shorter", &r2, &e) == 0, "%s", e.msg);
+    CHECK(!r2.stopped && r2.steps == 4 && r2.has_eval && test_file_exists(r2.checkpoint), "steps %lld, eval %d, %s",
+          (long long)r2.steps, r2.has_eval, r2.checkpoint);
+    free(data);
+}
+
 /* Two micro-batches of 16 accumulate to (almost) the gradient of one batch of 32: the same
  * first-step loss and a near-identical loss curve. */
 TEST(train_grad_accumulation_matches_big_batch)

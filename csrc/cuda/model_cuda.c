@@ -1528,20 +1528,22 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
      * the second time a shape is seen in a row, replayed while it stays the same. Changing
      * shapes launch kernel by kernel, since capturing each would cost more than it saves. */
     m->sync_now = backward && m->gsync && x->sync;
-    if (attention_for_batch(m, e) != 0 || meta_to_device(m, e) != 0)
+    if (attention_for_batch(m, e) != 0)
         return -1;
+    if (meta_to_device(m, e) != 0)
+        goto fail;
     struct step_sig sig = {bs.T,     bs.P_item, bs.P_cate,   bs.rank_count, m->B_cur, backward, want_rank,
                            m->sync_now, m->attn_cudnn_now, bs.n_item, bs.n_cate, bs.n_rank, grad_scale};
     if (m->use_graphs && m->have_graph && same_sig(&sig, &m->graph_sig)) {
         CU(cudaGraphLaunch(m->graph, m->stream));
     } else if (m->use_graphs && m->have_last && same_sig(&sig, &m->last_sig)) {
         if (capture_and_launch(m, &bs, grad_scale, backward, want_rank, &sig, e) != 0)
-            return -1;
+            goto fail;
     } else if (enqueue_step(m, &bs, grad_scale, backward, want_rank, e) != 0) {
-        return -1;
+        goto fail;
     }
     if (meta_release(m, e) != 0)
-        return -1;
+        goto fail;
     m->last_sig = sig;
     m->have_last = 1;
     double sums[4];
@@ -1564,6 +1566,8 @@ int cuda_model_step(cuda_model *m, const batch *x, float grad_scale, int backwar
     out->loss = c->w_item * out->item_loss + c->w_cate * out->cate_loss + c->w_rank * out->rank_loss;
     return 0;
 fail:
+    /* whatever this batch queued may still read meta_dev: the next copy waits for it */
+    (void)cudaEventRecord(m->meta_free, m->stream);
     return -1;
 }
 
@@ -1592,9 +1596,10 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
     const int64_t V = c->n_items;
     const int E = m->E;
     batch_shape bs;
-    if (upload_batch(m, x, 0, &bs, e) != 0 || attention_for_batch(m, e) != 0 || meta_to_device(m, e) != 0 ||
-        forward_trunk(m, bs.T, e) != 0)
+    if (upload_batch(m, x, 0, &bs, e) != 0 || attention_for_batch(m, e) != 0)
         return -1;
+    if (meta_to_device(m, e) != 0 || forward_trunk(m, bs.T, e) != 0)
+        goto fail;
     const int Bc = m->B_cur;
     if (!m->rank_table) {
         /* Scores of a chunk of the catalogue for every query, at most RANK_CHUNK_BYTES. */
@@ -1609,13 +1614,13 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
             dev_alloc(m, (void **)&m->rank_target16, B16((size_t)m->B * E), "ranking targets", e) ||
             dev_alloc(m, (void **)&m->rank_tmp, F32((size_t)m->B * E), "ranking scratch", e) ||
             dev_alloc(m, (void **)&m->rank_count, sizeof(int64_t) * (size_t)m->B, "rank counts", e))
-            return -1;
+            goto fail;
     }
     if (normalise(m, m->rank_table, m->rank_table16, m->rank_norm, m->item, V, e) != 0)
-        return -1;
+        goto fail;
     CU(k_gather_rows_bf16(m->Hg, NULL, trunk_out16(m), m->md.query_rows, Bc, E, s));
     if (normalise(m, m->Hn, m->rank_query16, m->Hnorm, m->Hg, Bc, e) != 0)
-        return -1;
+        goto fail;
     /* The target's own score from the same bf16 operands as the catalogue scores. */
     CU(k_gather_rows(NULL, m->rank_target16, m->rank_table, m->md.target_item, Bc, E, s));
     CU(k_bf16_to_f32(m->Hg, m->rank_query16, (int64_t)Bc * E, s));
@@ -1628,16 +1633,17 @@ int cuda_model_rank_targets(cuda_model *m, const batch *x, int64_t *rank, gp_err
                        .B = m->rank_table16 + (size_t)v0 * E, .ldb = E, .C = m->rank_scores, .ldc = cols,
                        .c_type = GEMM_F32, .alpha = 1.0f, .beta = 0.0f, .batch = 1};
         if (gemm_run(m->gemm, &g, s, e) != 0)
-            return -1;
+            goto fail;
         CU(k_count_greater(m->rank_count, m->rank_scores, cols, m->rank_target_score, m->md.target_item, Bc, cols, v0,
                            s));
     }
     if (meta_release(m, e) != 0)
-        return -1;
+        goto fail;
     CU(cudaMemcpyAsync(rank, m->rank_count, sizeof(int64_t) * (size_t)Bc, cudaMemcpyDeviceToHost, s));
     CU(cudaStreamSynchronize(s));
     return 0;
 fail:
+    (void)cudaEventRecord(m->meta_free, m->stream); /* as in cuda_model_step */
     return -1;
 }
 
