@@ -350,7 +350,15 @@ def readme_block(d):
              f"`make bench`, run of {machine.get('date', '?')[:10]} at {rev}, recorded in `{d.rstrip('/')}/`; "
              "PyTorch = our model of GPSD timed in the same run; the goals are issue 7's):")
     notes = [textwrap.fill(n, 100, subsequent_indent="  ", break_on_hyphens=False) for n in step_notes(steps, torch_rows).split("\n")]
-    return "\n".join([BEGIN, textwrap.fill(intro, 100, break_on_hyphens=False), "", step_table(steps, torch_rows), ""] + notes + [END])
+    train_rows = read_jsonl(os.path.join(d, "train.jsonl"))
+    train = []
+    if train_rows:
+        train = ["", textwrap.fill("Whole `gpsdrec train` runs in the same run (benchmarks/train_bench.py: synthetic data, "
+                                   "data loading included, ms/step between consecutive log lines, median; in brackets "
+                                   "the median time a step waited for its batch):", 100, break_on_hyphens=False),
+                 "", train_table(train_rows, steps)]
+    return "\n".join([BEGIN, textwrap.fill(intro, 100, break_on_hyphens=False), "", step_table(steps, torch_rows), ""]
+                     + notes + train + [END])
 
 
 def replace_readme(path, block):

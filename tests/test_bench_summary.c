@@ -116,6 +116,8 @@ TEST(bench_summary_readme_block)
     CHECK(len > strlen(after) && strcmp(text + len - strlen(after), after) == 0, "text after the block changed:\n%s", text);
     CHECK(!strstr(text, "old table") && strstr(text, "| L4H64A4 pretrain (") && strstr(text, "<!-- bench:end -->"),
           "block not replaced:\n%s", text);
+    CHECK(strstr(text, "| L4H64A4 pretrain | 15.00 (0.02) | 15.90 (0.88) | 14.23 | 1.05 |"), "no training-run table:\n%s",
+          text);
     out = summarize(cmd, &st);
     free(out);
     REQUIRE(gp_read_file(path, &text2, &len2, &e) == 0, "%s", e.msg);
