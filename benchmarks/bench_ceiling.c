@@ -77,12 +77,24 @@ typedef struct {
     void *dst;
     const void *src;
     size_t bytes;
+    enum cudaMemcpyKind kind;
 } copy_ctx;
+
+/* The ceiling's figures from time_op's median and extremes: `amount` (bytes or FLOPs) moved or
+ * done per call, in units of `scale` per second. */
+static void fill_ceiling(bench_ceiling *out, const double t[3], double amount, double scale, int reps)
+{
+    out->median_ms = t[0];
+    out->median = amount / (t[0] * 1e-3) / scale;
+    out->min = amount / (t[2] * 1e-3) / scale;
+    out->max = amount / (t[1] * 1e-3) / scale;
+    out->reps = reps;
+}
 
 static int copy_op(void *p, cudaStream_t s, gp_err *e)
 {
     copy_ctx *c = p;
-    CU(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyDeviceToDevice, s));
+    CU(cudaMemcpyAsync(c->dst, c->src, c->bytes, c->kind, s));
     return 0;
 fail:
     return -1;
@@ -106,15 +118,11 @@ int bench_copy_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
     CU(cudaMemset(dst, 0xFF, bytes));
     /* the legacy-stream copies and memset done before the timed stream s starts */
     CU(cudaDeviceSynchronize());
-    copy_ctx c = {dst, src, bytes};
+    copy_ctx c = {dst, src, bytes, cudaMemcpyDeviceToDevice};
     double t[3];
     if (time_op(copy_op, &c, 2, reps, s, t, e) != 0)
         goto fail;
-    out->median_ms = t[0];
-    out->median = 2.0 * (double)bytes / (t[0] * 1e-3) / 1e9;
-    out->min = 2.0 * (double)bytes / (t[2] * 1e-3) / 1e9;
-    out->max = 2.0 * (double)bytes / (t[1] * 1e-3) / 1e9;
-    out->reps = reps;
+    fill_ceiling(out, t, 2.0 * (double)bytes, 1e9, reps);
     rc = 0;
 fail:
     if (src)
@@ -127,15 +135,6 @@ fail:
     return rc;
 }
 
-static int h2d_op(void *p, cudaStream_t s, gp_err *e)
-{
-    copy_ctx *c = p;
-    CU(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyHostToDevice, s));
-    return 0;
-fail:
-    return -1;
-}
-
 int bench_h2d_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
 {
     void *host = NULL, *dst = NULL;
@@ -145,15 +144,11 @@ int bench_h2d_ceiling(size_t bytes, int reps, bench_ceiling *out, gp_err *e)
     random_bf16(host, bytes / 2, 0xC0B2);
     CU(cudaMalloc(&dst, bytes));
     CU(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    copy_ctx c = {dst, host, bytes};
+    copy_ctx c = {dst, host, bytes, cudaMemcpyHostToDevice};
     double t[3];
-    if (time_op(h2d_op, &c, 2, reps, s, t, e) != 0)
+    if (time_op(copy_op, &c, 2, reps, s, t, e) != 0)
         goto fail;
-    out->median_ms = t[0];
-    out->median = (double)bytes / (t[0] * 1e-3) / 1e9;
-    out->min = (double)bytes / (t[2] * 1e-3) / 1e9;
-    out->max = (double)bytes / (t[1] * 1e-3) / 1e9;
-    out->reps = reps;
+    fill_ceiling(out, t, (double)bytes, 1e9, reps);
     rc = 0;
 fail:
     if (dst)
@@ -206,11 +201,7 @@ int bench_gemm_ceiling(int n, int reps, bench_ceiling *out, gp_err *e)
     if (time_op(gemm_op, &c, 5, reps, s, t, e) != 0)
         goto fail;
     double fl = 2.0 * (double)n * n * n;
-    out->median_ms = t[0];
-    out->median = fl / (t[0] * 1e-3) / 1e12;
-    out->min = fl / (t[2] * 1e-3) / 1e12;
-    out->max = fl / (t[1] * 1e-3) / 1e12;
-    out->reps = reps;
+    fill_ceiling(out, t, fl, 1e12, reps);
     rc = 0;
 fail:
     gemm_destroy(g);

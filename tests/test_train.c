@@ -234,6 +234,26 @@ static void losses_of(const char *log, double *out, int max, int *n)
     }
 }
 
+/* Every tensor of checkpoint b equals a's, byte for byte; `what` names the difference. */
+static void check_same_checkpoint(const char *a, const char *b, const char *what)
+{
+    gp_err e = {{0}};
+    st_file fa, fb;
+    REQUIRE(st_open(&fa, a, &e) == 0, "%s", e.msg);
+    if (st_open(&fb, b, &e) != 0) {
+        st_close(&fa);
+        REQUIRE(0, "%s", e.msg);
+    }
+    CHECK(fa.n == fb.n && fa.n > 0, "%d and %d tensors", fa.n, fb.n);
+    for (int i = 0; i < fa.n; i++) {
+        const st_tensor *tb = st_find(&fb, fa.tensors[i].name);
+        CHECK(tb && tb->nbytes == fa.tensors[i].nbytes && memcmp(tb->data, fa.tensors[i].data, tb->nbytes) == 0,
+              "%s differs %s", fa.tensors[i].name, what);
+    }
+    st_close(&fa);
+    st_close(&fb);
+}
+
 TEST(train_is_deterministic_and_writes_outputs)
 {
     char *data = synth_small("det.gpsd");
@@ -274,16 +294,7 @@ TEST(train_prefetch_changes_nothing_but_timing)
             "%s", e.msg);
     CHECK(r1.steps == r2.steps && r1.steps == 2 * (600 / 32), "steps %lld and %lld", (long long)r1.steps,
           (long long)r2.steps);
-    st_file fa, fb;
-    REQUIRE(st_open(&fa, r1.checkpoint, &e) == 0 && st_open(&fb, r2.checkpoint, &e) == 0, "%s", e.msg);
-    CHECK(fa.n == fb.n && fa.n > 0, "%d and %d tensors", fa.n, fb.n);
-    for (int i = 0; i < fa.n; i++) {
-        const st_tensor *tb = st_find(&fb, fa.tensors[i].name);
-        CHECK(tb && tb->nbytes == fa.tensors[i].nbytes && memcmp(tb->data, fa.tensors[i].data, tb->nbytes) == 0,
-              "%s differs with prefetch on", fa.tensors[i].name);
-    }
-    st_close(&fa);
-    st_close(&fb);
+    check_same_checkpoint(r1.checkpoint, r2.checkpoint, "with prefetch on");
     char *log = read_out("pf_on", "log.jsonl");
     const char *w = strstr(log, "\"data_wait_ms\":");
     CHECK(w && strtod(w + 15, NULL) >= 0, "no data_wait_ms in %s", log);
@@ -390,15 +401,7 @@ static void resume_case(const char *stage_extra, const char *tag)
     CHECK(na == nb && na > 4, "%d vs %d train lines", na, nb);
     for (int i = 0; i < na && i < nb; i++)
         CHECK(xa[i] == xb[i], "log line %d: %.17g uninterrupted, %.17g resumed", i, xa[i], xb[i]);
-    st_file fa, fb;
-    REQUIRE(st_open(&fa, a.checkpoint, &e) == 0 && st_open(&fb, b.checkpoint, &e) == 0, "%s", e.msg);
-    for (int i = 0; i < fa.n; i++) {
-        const st_tensor *tb = st_find(&fb, fa.tensors[i].name);
-        CHECK(tb && tb->nbytes == fa.tensors[i].nbytes && memcmp(tb->data, fa.tensors[i].data, tb->nbytes) == 0,
-              "%s differs after resuming", fa.tensors[i].name);
-    }
-    st_close(&fa);
-    st_close(&fb);
+    check_same_checkpoint(a.checkpoint, b.checkpoint, "after resuming");
     /* keep_checkpoints (2) newest checkpoints and no temporary directories are left. */
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/%s/checkpoints", test_tmp_dir(), name_b);
